@@ -343,7 +343,8 @@ def write_hest_slide(root, slide_id: str, model: TissueModel, slide: SlideDraw) 
 
 def write_visium_slide(root, slide_id: str, model: TissueModel, slide: SlideDraw, patch_size: int) -> None:
     """Plain Visium layout for one slide: ``<root>/<id>/<id>.h5ad``, ``<root>/<id>/image.png`` (full
-    resolution) and ``<root>/<id>/scalefactors_json.json`` (``spot_diameter_fullres`` = patch size)."""
+    resolution) and ``<root>/<id>/scalefactors_json.json``; ``spot_diameter_fullres`` is half the patch
+    size, so a crop of two spot diameters (the loader's default) is the HEST patch."""
     import json
     from pathlib import Path
 
@@ -353,7 +354,7 @@ def write_visium_slide(root, slide_id: str, model: TissueModel, slide: SlideDraw
     folder.mkdir(parents=True, exist_ok=True)
     _anndata(model, slide, slide_id).write_h5ad(folder / f"{slide_id}.h5ad")
     Image.fromarray(slide.image.numpy()).save(folder / "image.png")
-    scalefactors = {"spot_diameter_fullres": float(patch_size), "tissue_hires_scalef": 1.0}
+    scalefactors = {"spot_diameter_fullres": patch_size / 2.0, "tissue_hires_scalef": 1.0}
     (folder / "scalefactors_json.json").write_text(json.dumps(scalefactors))
 
 

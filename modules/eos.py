@@ -1,0 +1,137 @@
+"""Full-batch edge-of-stability training: GD and variational GD (IVON with b1 = 0, b2 = 1).
+
+METHODS.md section 6. ``FullBatchEoS`` trains an MLP on a fixed training set with one full batch per
+step. ``optimizer='gd'`` is plain gradient descent; ``optimizer='vgd'`` runs ``switch_step`` GD steps and
+then variational GD: m <- m - lr mean_s grad L(m + eps_s), eps_s ~ N(0, sigma_sq I), s = 1..mc_samples,
+which is IVON with beta1 = 0, beta2 = 1 (frozen h = 1 / sigma_sq), ess = 1 and no weight decay. Starting
+VGD from GD's trajectory shows the sharpness leaving GD's edge 2/lr for the lower VL threshold H_crit.
+
+``ProductModel`` is the toy loss L = (prod_i w_i - y)^2 / 2 (depth 2: the two-parameter model
+(u v - y)^2 / 2; deeper: a scalar deep linear network), whose curvature u^2 + v^2 changes along the
+minimum manifold u v = y, so the sharpness a method settles at is a choice of the dynamics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.ivon import IVON
+from modules.base import GenLabModule
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU}
+
+
+def make_mlp(in_dim: int, widths: list[int], out_dim: int, activation: str = "tanh") -> nn.Sequential:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"module.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    layers, d = [], in_dim
+    for w in widths:
+        layers += [nn.Linear(d, w), ACTIVATIONS[activation]()]
+        d = w
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ProductModel(nn.Module):
+    """L(w) = (prod_i w_i - y)^2 / 2 for scalar weights w (depth,). Hessian at a minimum: outer(p, p)
+    with p_i = prod_{j != i} w_j, so the sharpness there is sum_i p_i^2 (u^2 + v^2 at depth 2)."""
+
+    def __init__(self, init: list[float], target: float = 1.0):
+        super().__init__()
+        if len(init) < 2:
+            raise ValueError(f"ProductModel: init needs >= 2 weights, got {init}")
+        self.w = nn.Parameter(torch.tensor(init, dtype=torch.float64))
+        self.target = target
+
+    def loss(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.w if w is None else w
+        return 0.5 * (torch.prod(w) - self.target) ** 2
+
+
+class FullBatchEoS(GenLabModule):
+    """Full-batch GD / variational GD on an MLP classifier (MSE on one-hot targets or cross-entropy).
+
+    Args:
+        in_dim, widths, out_dim, activation: the MLP (784-200-200-10 tanh in the EoS literature).
+        loss: 'mse' (0.5 sum over outputs, mean over examples) or 'ce'.
+        optimizer: 'gd' or 'vgd'. lr: step size. sigma_sq: VGD posterior variance per weight.
+        mc_samples: N_s, posterior samples per VGD step. switch_step: GD steps before VGD starts.
+        center: subtract the training-set mean image (a buffer, so it is saved with the model).
+    """
+
+    def __init__(self, in_dim: int = 784, widths: list[int] = (200, 200), out_dim: int = 10,
+                 activation: str = "tanh", loss: str = "mse", optimizer: str = "gd", lr: float = 0.2,
+                 sigma_sq: float = 1e-4, mc_samples: int = 1, switch_step: int = 0, center: bool = True):
+        super().__init__()
+        if loss not in ("mse", "ce"):
+            raise ValueError(f"module.loss: expected 'mse' or 'ce', got {loss!r}")
+        if optimizer not in ("gd", "vgd"):
+            raise ValueError(f"module.optimizer: expected 'gd' or 'vgd', got {optimizer!r}")
+        if sigma_sq <= 0 or mc_samples < 1 or lr <= 0:
+            raise ValueError(f"module: need lr > 0, sigma_sq > 0, mc_samples >= 1; got lr={lr}, "
+                             f"sigma_sq={sigma_sq}, mc_samples={mc_samples}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # two optimisers in sequence: GD, then VGD
+        self.net = make_mlp(in_dim, list(widths), out_dim, activation)
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(len(x), -1) - self.input_mean)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss of the batch at the current weights (deterministic: generator unused)."""
+        out = self(batch["x"])
+        if self.hparams.loss == "ce":
+            return F.cross_entropy(out, batch["y"])
+        target = F.one_hot(batch["y"], out.shape[-1]).to(out.dtype)
+        return 0.5 * ((out - target) ** 2).sum(-1).mean()
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.hparams.center and stage == "fit" and dm is not None and hasattr(dm, "train_tensor"):
+            x = dm.train_tensor()
+            self.input_mean.copy_(x.reshape(len(x), -1).mean(0).to(self.input_mean))
+
+    def active_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser that takes the next step (the sharpness callback's thresholds follow it)."""
+        opts = self.trainer.optimizers
+        vgd = self.hparams.optimizer == "vgd" and self.global_step >= self.hparams.switch_step
+        return opts[1] if vgd else opts[0]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        opts = self.optimizers()
+        vgd = self.hparams.optimizer == "vgd" and self.global_step >= self.hparams.switch_step
+        opt = opts[1] if vgd else (opts[0] if isinstance(opts, list) else opts)
+
+        def closure():
+            opt.zero_grad()
+            loss = self.compute_loss(batch)
+            self.manual_backward(loss)
+            return loss
+
+        loss = opt.step(closure=closure)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        out = self(batch["x"])
+        self.log(f"{stage}/loss", self.compute_loss(batch))
+        self.log(f"{stage}/accuracy", (out.argmax(-1) == batch["y"]).float().mean())
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        gd = torch.optim.SGD(self.parameters(), lr=hp.lr)
+        if hp.optimizer == "gd":
+            return gd
+        # sigma^2 = 1 / (ess (h0 + delta)) with ess = 1, delta = 0; rescale_lr makes the step lr * g_hat
+        vgd = IVON(self.parameters(), lr=hp.lr, ess=1.0, hess_init=1.0 / hp.sigma_sq, beta1=0.0, beta2=1.0,
+                   weight_decay=0.0, mc_samples=hp.mc_samples, seed=int(self.noise_seed))
+        return [gd, vgd]

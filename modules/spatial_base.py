@@ -1,0 +1,121 @@
+"""What Stem and its regression baseline share: image conditioning, target standardisation, and
+the held-out-slide evaluation (core/st_metrics.py; on synthetic tissue also the exact Bayes errors
+and the energy distance to the true conditional of core/synthetic_tissue.py).
+
+Both modules read one ``module`` config: the shared arguments plus a ``stem`` section (the DiT and
+its diffusion) and a ``regression`` section (the MLP head). Each model checks and uses its own
+section and leaves the other's alone, so one config drives both variants of the study.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.st_metrics import energy_distance, point_prediction_metrics, relative_variation_distance
+from core.synthetic_tissue import conditional_moments, sample_conditional
+from modules.base import GenLabModule
+from modules.nets.patch_encoder import PatchEncoder
+
+
+def section(given: dict | None, defaults: dict, name: str) -> dict:
+    """``defaults`` updated by ``given``; an unknown key is an error naming ``module.<name>.<key>``."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"module.{name}.{unknown[0]}: unknown; valid keys: {', '.join(defaults)}")
+    return {**defaults, **given}
+
+
+class SpatialPredictor(GenLabModule):
+    """Base class; subclasses implement ``compute_loss`` and ``predict_spots``."""
+
+    def __init__(self, n_genes: int, encoder: str, embedding_dim: int, cond_dim: int, cnn_width: int,
+                 lr: float, weight_decay: float, warmup_steps: int, truth_samples: int) -> None:
+        super().__init__()
+        self.encoder = PatchEncoder(encoder, embedding_dim, cond_dim, cnn_width)
+        self.register_buffer("target_mean", torch.zeros(n_genes))
+        self.register_buffer("target_std", torch.ones(n_genes))
+        self.test_outputs: dict[str, torch.Tensor] = {}
+        self._test_parts: list[dict[str, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ data scale
+
+    def setup(self, stage: str) -> None:
+        """Copy the training slides' per-gene mean/std (checkpointed as buffers)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or dm is None:
+            return
+        dm.setup(stage)
+        if len(dm.gene_panel) != self.hparams.n_genes:
+            raise ValueError(f"module.n_genes={self.hparams.n_genes} but the data panel has {len(dm.gene_panel)} genes; "
+                             "set module.n_genes to data.n_genes")
+        self.target_mean.copy_(dm.target_mean)
+        self.target_std.copy_(dm.target_std)
+
+    def standardize(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.target_mean) / self.target_std
+
+    def unstandardize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.target_std + self.target_mean
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(1234 + batch_idx)
+        self.log("val/loss", self.compute_loss(batch, generator=gen), sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(10_000 + batch_idx)
+        out = self.predict_spots(batch, gen)
+        part = {"true": batch["target"], "coords": batch["coords"], "slide": batch["slide"], **out}
+        if "composition" in batch:
+            part["composition"] = batch["composition"]
+        self._test_parts.append({k: v.detach().float().cpu() for k, v in part.items()})
+
+    def on_test_epoch_end(self) -> None:
+        """PCC-10/50/200, MSE, MAE on point predictions; RVD on single samples; on synthetic tissue the
+        per-spot energy distance to the true conditional and the exact Bayes references."""
+        parts, self._test_parts = self._test_parts, []
+        if not parts:
+            return
+        cat = {k: torch.cat([p[k] for p in parts], dim=1 if k == "samples" else 0) for k in parts[0]}
+        metrics = point_prediction_metrics(cat["point"], cat["true"])
+        metrics["rvd"] = relative_variation_distance(cat["single"], cat["true"])
+        metrics["n_spots"], metrics["n_genes"] = cat["true"].shape
+        model = getattr(getattr(self.trainer, "datamodule", None), "tissue_model", None)
+        if model is not None and "composition" in cat:
+            gen = torch.Generator().manual_seed(77)
+            truth = sample_conditional(model, cat["composition"], self.hparams.truth_samples, gen)
+            per_spot = energy_distance(cat["samples"], truth)
+            metrics["energy_distance"] = float(per_spot.mean())
+            metrics["energy_distance_se"] = float(per_spot.std() / len(per_spot) ** 0.5)
+            exact = conditional_moments(model, cat["composition"])
+            oracle = point_prediction_metrics(exact["mean"], cat["true"])
+            metrics.update({f"oracle_{k}": v for k, v in oracle.items()})
+            metrics["oracle_rvd"] = relative_variation_distance(truth[0], cat["true"])
+            metrics["bayes_mse"] = float(exact["var"].mean())
+        for name, value in metrics.items():
+            self.log(f"test/{name}", float(value), rank_zero_only=True)
+        self.test_outputs = cat
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+        warm = max(min(h.warmup_steps, total // 10), 1)
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 10%
+            if step < warm:
+                return (step + 1) / warm
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.1 + 0.45 * (1.0 + float(torch.cos(torch.tensor(progress * torch.pi))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

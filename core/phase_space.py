@@ -103,10 +103,10 @@ class PhaseSpaceKernel:
     order: int
 
     def to_eig(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.basis is None else z @ self.basis.to(z.dtype)
+        return z if self.basis is None else z @ self.basis.to(z.device, z.dtype)
 
     def from_eig(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.basis is None else z @ self.basis.T.to(z.dtype)
+        return z if self.basis is None else z @ self.basis.T.to(z.device, z.dtype)
 
     def _pack(self, comps: list[torch.Tensor]):
         out = [self.from_eig(c) for c in comps]
@@ -115,7 +115,8 @@ class PhaseSpaceKernel:
     def mean(self, x0: torch.Tensor):
         """Phi (x0, 0): the v-part of the initial state has mean zero."""
         y0 = self.to_eig(x0).to(_F64)
-        return self._pack([(self.phi[..., i, 0] * y0).to(x0.dtype) for i in range(self.order)])
+        phi = self.phi.to(x0.device)
+        return self._pack([(phi[..., i, 0] * y0).to(x0.dtype) for i in range(self.order)])
 
     @property
     def cov(self) -> torch.Tensor:
@@ -136,16 +137,18 @@ class PhaseSpaceKernel:
         ``eps`` (same structure as the state) fixes the noise; for k = 2 the velocity score's
         target is eps[1] (see :meth:`score_from_eps`)."""
         if eps is None:
-            draw = [torch.randn(x0.shape, generator=generator, dtype=x0.dtype) for _ in range(self.order)]
+            draw = [torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+                    for _ in range(self.order)]
             eps = draw[0] if self.order == 1 else tuple(draw)
         parts = [eps] if self.order == 1 else list(eps)
         e = [self.to_eig(p).to(_F64) for p in parts]
         y0 = self.to_eig(x0).to(_F64)
+        phi, chol = self.phi.to(x0.device), self.chol.to(x0.device)
         comps = []
         for i in range(self.order):
-            z = self.phi[..., i, 0] * y0
+            z = phi[..., i, 0] * y0
             for j in range(i + 1):
-                z = z + self.chol[..., i, j] * e[j]
+                z = z + chol[..., i, j] * e[j]
             comps.append(z.to(x0.dtype))
         return self._pack(comps), eps
 
@@ -155,7 +158,7 @@ class PhaseSpaceKernel:
         L^{-T} is upper triangular, so the last component of -Sigma^{-1}(u - mean) = -L^{-T} eps
         only involves eps_last: this is why one network output suffices (hybrid score matching)."""
         k = self.order - 1
-        inv = (1.0 / self.chol[..., k, k]).to(eps_last.dtype)
+        inv = (1.0 / self.chol[..., k, k]).to(eps_last.device, eps_last.dtype)
         return -self.from_eig(inv * self.to_eig(eps_last))
 
 

@@ -112,41 +112,44 @@ class GaussianMixture(Target):
         self.dim, self.num_components, self.name = d, k, name
         self.log_z = float(torch.log(self.weights.sum()))
         self.mode_weights = self.weights / self.weights.sum()
+        self._precision0 = self._precision(0.0)
+
+    def _precision(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Precision (K, d, d) and log-determinant (K,) of the OU marginal's components at time t."""
+        a, h = math.exp(-t), -math.expm1(-2.0 * t)
+        cov = a * a * self.covs + h * torch.eye(self.dim, dtype=torch.float64)
+        return torch.linalg.inv(cov), torch.linalg.slogdet(cov)[1]
 
     def _component_log_densities(self, x: torch.Tensor, t: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """log w_k + log N(x; a m_k, a^2 C_k + h I) for the OU marginal at time t (a = e^{-t},
-        h = 1 - e^{-2t}); returns ((B, K) log terms, (B, K, d) precision @ (x - mean))."""
+        h = 1 - e^{-2t}); returns ((K, B) log terms, (K, B, d) precision @ (x - mean)).
+        Component-major layout so that one batched matmul does all K quadratic forms."""
         _check_points(x, self.dim, self.name)
         a = math.exp(-t)
-        h = -math.expm1(-2.0 * t)
-        cov = a * a * self.covs + h * torch.eye(self.dim, dtype=torch.float64)
-        prec = torch.linalg.inv(cov).to(x.dtype)
-        logdet = torch.linalg.slogdet(cov)[1].to(x.dtype)
-        diff = x[:, None, :] - (a * self.means).to(x.dtype)[None]  # (B, K, d)
-        prec_diff = torch.einsum("kij,bkj->bki", prec, diff)
+        prec, logdet = self._precision(t) if t != 0.0 else self._precision0
+        prec, logdet = prec.to(x.dtype), logdet.to(x.dtype)
+        diff = x[None] - (a * self.means).to(x.dtype)[:, None, :]  # (K, B, d)
+        prec_diff = torch.bmm(diff, prec)  # precisions are symmetric
         quad = (diff * prec_diff).sum(-1)
-        log_terms = (
-            self.weights.log().to(x.dtype) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
-        )
-        return log_terms, prec_diff
+        const = self.weights.log().to(x.dtype) - 0.5 * (logdet + self.dim * math.log(2 * math.pi))
+        return const[:, None] - 0.5 * quad, prec_diff
 
     def potential(self, x: torch.Tensor) -> torch.Tensor:
-        return -torch.logsumexp(self._component_log_densities(x)[0], dim=1)
+        return -torch.logsumexp(self._component_log_densities(x)[0], dim=0)
 
     def grad_potential(self, x: torch.Tensor) -> torch.Tensor:
         log_terms, prec_diff = self._component_log_densities(x)
-        resp = torch.softmax(log_terms, dim=1)
-        return (resp[..., None] * prec_diff).sum(1)
+        return (torch.softmax(log_terms, dim=0)[..., None] * prec_diff).sum(0)
 
     def noised_score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Exact grad log p_t(x) of the OU marginal p_t = law of e^{-t} X_0 + sqrt(1-e^{-2t}) eps,
         X_0 ~ pi (a mixture again). Oracle reference only: not available for general targets."""
         log_terms, prec_diff = self._component_log_densities(x, t)
-        return -(torch.softmax(log_terms, dim=1)[..., None] * prec_diff).sum(1)
+        return -(torch.softmax(log_terms, dim=0)[..., None] * prec_diff).sum(0)
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, K) posterior probability of each component given x (for mode weights)."""
-        return torch.softmax(self._component_log_densities(x)[0], dim=1)
+        return torch.softmax(self._component_log_densities(x)[0], dim=0).T
 
     def recovered_mode_weights(self, x: torch.Tensor, log_w: torch.Tensor | None = None) -> torch.Tensor:
         """(K,) share of the samples x (n, d) nearest (by responsibility) to each component,

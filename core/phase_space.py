@@ -152,6 +152,10 @@ class PhaseSpaceKernel:
             comps.append(z.to(x0.dtype))
         return self._pack(comps), eps
 
+    def select(self, idx: torch.Tensor) -> PhaseSpaceKernel:
+        """The kernel at a subset of its times (rows ``idx``), e.g. from a precomputed time grid."""
+        return PhaseSpaceKernel(self.phi[idx], self.cov_eig[idx], self.chol[idx], self.basis, self.order)
+
     def score_from_eps(self, eps_last: torch.Tensor) -> torch.Tensor:
         """Score of the last component (x for k = 1, v for k = 2): -U diag(1/L_kk) U^T eps.
 

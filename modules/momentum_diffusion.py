@@ -1,7 +1,8 @@
 """Momentum diffusion: one module for VP, CLD, VSDM and VSMD (core/phase_space.py holds the math and
 the list of our VSMD reconstruction choices).
 
-Training (t uniform on [t_min, T], noise keyed per example by core.noise):
+Training (t uniform on a grid of ``time_grid_size`` points in [t_min, T] whose kernels are cached
+until A changes; noise keyed per example by core.noise):
 
 * order-1 processes (vp, vsdm): denoising score matching with the eps-parametrisation,
   |eps_theta(x_t, t) - eps|^2, score = -U diag(1/L_t) U^T eps_theta;
@@ -81,6 +82,7 @@ class MomentumDiffusion(GenLabModule):
         forecast_samples: int = 100,
         image_side: int = 8,
         feature_steps: int = 600,
+        time_grid_size: int = 1000,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -98,6 +100,7 @@ class MomentumDiffusion(GenLabModule):
         self.sample_nfe = sample_nfe
         self._a_opt = torch.optim.Adam(self.stiffness.parameters(), lr=a_lr) if self.stiffness is not None else None
         self._feature_net = None
+        self._grid_kernel = None
 
     # -- network and score ----------------------------------------------------------------------
     def forward(self, u, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,13 +126,23 @@ class MomentumDiffusion(GenLabModule):
         else:
             u = self.example_uniform(batch["index"], (), stream=0)
             eps = [self.example_normal(batch["index"], shape, stream=1 + i) for i in range(self.order)]
-        t = self.process.t_min + u * (self.process.T - self.process.t_min)
-        ut, _ = self.process.kernel(t).sample(x0, eps=eps[0] if self.order == 1 else tuple(eps))
+        t, kernel = self._training_kernel(u)
+        ut, _ = kernel.sample(x0, eps=eps[0] if self.order == 1 else tuple(eps))
         return (self(ut, t, cond) - eps[-1]).pow(2).mean()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.global_step == 0 or self.process._eig is None:
+    def _training_kernel(self, u: torch.Tensor):
+        """Times on a fixed grid of ``time_grid_size`` points in [t_min, T] (uniforms u snapped to it)
+        and their kernels, cached until A changes: per-batch matrix exponentials would dominate the
+        step for d = 64 (VSDM's code trains on a time grid as well)."""
+        n = self.hparams.time_grid_size
+        if self._grid_kernel is None or self.process._eig is None:
             self.process.refresh()
+            self._grid_t = torch.linspace(self.process.t_min, self.process.T, n)
+            self._grid_kernel = self.process.kernel(self._grid_t)
+        idx = (u.detach().cpu() * n).long().clamp(0, n - 1)
+        return self._grid_t[idx].to(u), self._grid_kernel.select(idx)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         h, step = self.hparams, int(self.global_step)
@@ -153,6 +166,7 @@ class MomentumDiffusion(GenLabModule):
         objective.backward()
         self._a_opt.step()
         self.process.refresh()
+        self._grid_kernel = None
         lam, _ = self.process.eig()
         self.log("train/a_objective", objective.detach().float())
         self.log("train/a_shift", self.a_shift())
@@ -190,6 +204,7 @@ class MomentumDiffusion(GenLabModule):
         if self._a_opt is not None and "a_optimizer" in checkpoint:
             self._a_opt.load_state_dict(checkpoint["a_optimizer"])
         self.process._eig = None  # recomputed from the loaded stiffness on first use
+        self._grid_kernel = None
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -136,3 +136,14 @@ def test_stiffness_starts_at_identity_and_rejects_bad_input():
         make_phase_space_process("ve", 2, beta_min=1.0, beta_max=1.0)
     with pytest.raises(ValueError, match="order"):
         PhaseSpaceProcess(3, 1.0, 1.0)
+
+
+def test_kernel_select_matches_kernel_at_those_times():
+    proc = make_phase_space_process("vsmd", 2, beta_min=4.0, beta_max=4.0)
+    _set_stiffness(proc, [2.0, 0.5], angle=0.3)
+    grid = torch.linspace(0.001, 1.0, 50)
+    idx = torch.tensor([3, 3, 40])
+    sub, direct = proc.kernel(grid).select(idx), proc.kernel(grid[idx])
+    torch.testing.assert_close(sub.cov, direct.cov)
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(sub.mean(x0)[1], direct.mean(x0)[1])

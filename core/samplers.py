@@ -226,11 +226,12 @@ def sample_process(
     sampler: str = "em",
     grid: str = "uniform",
     generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
     **kwargs: Any,
 ) -> SampleResult:
     """Generate from a scalar process: prior draw at T, then integrate to t_min with ``sampler``."""
     times = time_grid(process.T, process.t_min, steps, grid)
-    x = process.prior_sample(shape, generator=generator)
+    x = process.prior_sample(shape, generator=generator).to(device or "cpu")
     if sampler == "em":
         drift, diffusion = reverse_sde(process, score)
         return euler_maruyama(x, times, drift=drift, diffusion=diffusion, generator=generator, **kwargs)

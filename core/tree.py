@@ -20,9 +20,12 @@ def tree_map(fn: Callable[..., torch.Tensor], *states: Any) -> Any:
 
 
 def tree_randn_like(state: Any, generator: torch.Generator | None = None) -> Any:
-    return tree_map(
-        lambda x: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), state
-    )
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        # a generator lives on one device: draw there, then move (CPU generator, CUDA state)
+        device = generator.device if generator is not None else x.device
+        return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+    return tree_map(draw, state)
 
 
 def tree_clone(state: Any) -> Any:

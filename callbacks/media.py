@@ -1,0 +1,94 @@
+"""Media logging shared by callbacks: to W&B when a WandbLogger is attached, otherwise to files
+in the run's output folder (``trainer.default_root_dir``/media). Rank 0 only."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+
+def _wandb(trainer: L.Trainer):
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger
+    return None
+
+
+def media_dir(trainer: L.Trainer) -> Path:
+    path = Path(trainer.default_root_dir) / "media"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fname(key: str, step: int, ext: str) -> str:
+    return f"{key.replace('/', '_')}_step{step:07d}.{ext}"
+
+
+def log_figure(trainer: L.Trainer, key: str, fig) -> None:
+    """Log a matplotlib figure (and close it)."""
+    import matplotlib.pyplot as plt
+
+    if trainer.is_global_zero:
+        wb = _wandb(trainer)
+        if wb is not None:
+            import wandb
+
+            wb.experiment.log({key: wandb.Image(fig), "trainer/global_step": trainer.global_step})
+        else:
+            fig.savefig(media_dir(trainer) / _fname(key, trainer.global_step, "png"), dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def to_uint8_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (H', W', C) uint8 grid."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1))
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def log_images(trainer: L.Trainer, key: str, images: torch.Tensor, captions: list[str] | None = None,
+               nrow: int = 8) -> None:
+    """Log images (B, C, H, W) in [-1, 1]: a W&B image list with captions, or one PNG grid."""
+    if not trainer.is_global_zero:
+        return
+    wb = _wandb(trainer)
+    if wb is not None:
+        import wandb
+
+        imgs = [wandb.Image(to_uint8_grid(im[None], 1), caption=(captions[i] if captions else None))
+                for i, im in enumerate(images)]
+        wb.experiment.log({key: imgs, "trainer/global_step": trainer.global_step})
+        return
+    from PIL import Image
+
+    path = media_dir(trainer) / _fname(key, trainer.global_step, "png")
+    Image.fromarray(to_uint8_grid(images, nrow).squeeze()).save(path)
+    if captions:
+        path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
+
+
+def log_table(trainer: L.Trainer, key: str, columns: list[str], rows: list[list]) -> None:
+    """Log a table: a W&B Table (torch image tensors become wandb.Image), or a CSV file."""
+    if not trainer.is_global_zero:
+        return
+    wb = _wandb(trainer)
+    if wb is not None:
+        import wandb
+
+        def cell(v):
+            return wandb.Image(to_uint8_grid(v[None], 1)) if isinstance(v, torch.Tensor) and v.ndim == 3 else v
+
+        table = wandb.Table(columns=columns, data=[[cell(v) for v in row] for row in rows])
+        wb.experiment.log({key: table, "trainer/global_step": trainer.global_step})
+        return
+    with open(media_dir(trainer) / _fname(key, trainer.global_step, "csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["<image>" if isinstance(v, torch.Tensor) and v.ndim >= 2 else v for v in row])

@@ -1,0 +1,156 @@
+"""Score-based diffusion on vectors: the module of the first experiment, ``diffusion_2d``.
+
+Training minimises the denoising loss E_t E_eps w(t) |net(x_t, t) - target|^2 of core.losses with
+x_t = a_t x0 + sigma_t eps (t = 0 is data), noise and times keyed per example (core.noise).
+Sampling integrates the reverse SDE (Euler-Maruyama) or the probability-flow ODE (Euler / Heun)
+from the prior at T down to t_min (core.samplers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.losses import denoising_loss, sample_times
+from core.metrics import sliced_w2
+from core.parametrization import check_target, to_score
+from core.processes import make_process
+from core.samplers import SampleResult, sample_process
+from modules.base import GenLabModule
+from modules.nets.mlp import TimeMLP
+
+
+class Diffusion(GenLabModule):
+    """Diffusion model for (B, dim) data with a :class:`~modules.nets.mlp.TimeMLP` network.
+
+    Args:
+        dim: data dimension.
+        process: ``vp`` | ``ou`` | ``ve`` | ``linear`` (core.processes).
+        target: what the network predicts: ``eps`` | ``x0`` | ``score`` | ``velocity``.
+        loss_weight: ``none`` | ``snr`` | ``sigma_sq`` | ``inv_sigma_sq`` (core.losses).
+        hidden, depth, time_dim: network size.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 10%.
+        sample_steps, sampler, time_grid: generation settings (sampler ``em`` | ``euler`` | ``heun``).
+        eval_samples, eval_repeats: test-time sample size and independent repeats of the metric.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2,
+        process: str = "vp",
+        target: str = "eps",
+        loss_weight: str = "none",
+        hidden: int = 128,
+        depth: int = 3,
+        time_dim: int = 64,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        sample_steps: int = 200,
+        sampler: str = "em",
+        time_grid: str = "uniform",
+        eval_samples: int = 2000,
+        eval_repeats: int = 5,
+    ) -> None:
+        super().__init__()
+        check_target(target)
+        self.save_hyperparameters()
+        self.process = make_process(process)
+        self.net = TimeMLP(dim, hidden, depth, time_dim)
+        self.sample_steps, self.sampler = sample_steps, sampler
+        self._heldout: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean denoising loss of a batch; ``generator`` fixes noise and times (Hessian probes),
+        otherwise they are keyed by (seed, step, example index)."""
+        x0 = batch["x"]
+        if generator is not None:
+            u = torch.rand(len(x0), generator=generator).to(x0)
+            eps = torch.randn(x0.shape, generator=generator).to(x0)
+        else:
+            u = self.example_uniform(batch["index"], (), stream=0)
+            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1)
+        t = sample_times(u, self.process)
+        h = self.hparams
+        return denoising_loss(self, self.process, x0, t, eps, h.target, h.loss_weight).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(1234 + batch_idx)
+        self.log("val/loss", self.compute_loss(batch, generator=gen), sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._heldout.append(batch["x"].detach().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        """Sliced W2 of samples to held-out data, with two references: samples of a Gaussian
+        fitted to the training data, and a training subsample of the same size (the data floor)."""
+        heldout = torch.cat(self._heldout)
+        self._heldout = []
+        train = self.trainer.datamodule.train_tensor()
+        n = min(self.hparams.eval_samples, len(heldout), len(train))
+        model, gauss, floor = [], [], []
+        mean, cov = train.mean(0), torch.cov(train.T).reshape(train.shape[1], train.shape[1])
+        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(len(mean)))
+        for r in range(self.hparams.eval_repeats):
+            gen = torch.Generator().manual_seed(10_000 + r)
+            x = self.sample(n, generator=gen).x.cpu()
+            g = mean + torch.randn(n, len(mean), generator=gen) @ chol.T
+            sub = train[torch.randperm(len(train), generator=gen)[:n]]
+            ref = heldout[torch.randperm(len(heldout), generator=gen)[:n]]
+            model.append(sliced_w2(x, ref, generator=gen))
+            gauss.append(sliced_w2(g, ref, generator=gen))
+            floor.append(sliced_w2(sub, ref, generator=gen))
+        for name, vals in (("sliced_w2", model), ("gauss_sliced_w2", gauss), ("floor_sliced_w2", floor)):
+            v = torch.stack(vals)
+            self.log(f"test/{name}", v.mean(), rank_zero_only=True)
+            self.log(f"test/{name}_std", v.std() if len(v) > 1 else torch.tensor(0.0), rank_zero_only=True)
+        self.log("test/nfe_per_sample", float(self.sample_steps), rank_zero_only=True)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps > 0 else 10_000
+        warm = max(min(h.warmup_steps, total // 10), 1)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.1 + 0.9 * 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- generation -----------------------------------------------------------------------------
+    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """grad log p_t(x) implied by the network output (core.parametrization)."""
+        return to_score(self.hparams.target, self.process, self.net(x, t), x, t)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        steps: int | None = None,
+        sampler: str | None = None,
+        callback=None,
+    ) -> SampleResult:
+        """Draw ``n`` samples; ``SampleResult.x`` is (n, dim), trajectory (steps + 1 states) if asked."""
+        was_training = self.training
+        self.eval()
+        try:
+            return sample_process(
+                self.process, self.nfe.wrap(self.score), (n, self.hparams.dim), steps or self.sample_steps,
+                sampler=sampler or self.sampler, grid=self.hparams.time_grid, generator=generator, device=self.device,
+                return_trajectory=return_trajectory, callback=callback,
+            )
+        finally:
+            self.train(was_training)

@@ -1,0 +1,58 @@
+"""genlab entry point.
+
+    python run.py [experiment=NAME] [trainer=cpu|gpu|ddp|ddp_sim|fsdp] [logger=wandb|csv|none]
+                  [scale=small|paper] [debug=fast|overfit|profile] [dotted.key=value ...]
+    python run.py --list       every experiment with a one-line description
+    python run.py --report     rebuild the README's experiments table from runs/
+    python run.py --help
+
+Config errors exit with code 2 and a one-line message, before torch or Lightning is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from suite.errors import ConfigError
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    if "--list" in argv:
+        from suite.config import list_experiments
+
+        experiments = list_experiments()
+        width = max(map(len, experiments))
+        for name, desc in experiments.items():
+            print(f"{name:<{width}}  {desc}")
+        return 0
+    if "--report" in argv:
+        from suite.report import update_readme
+
+        print(update_readme(Path(__file__).resolve().parent / "README.md"))
+        return 0
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        print(f"error: unknown flag {flags[0]}; use --list, --report or --help", file=sys.stderr)
+        return 2
+    try:
+        from suite.config import compose, split_argv
+        from suite.targets import check_all
+
+        groups, dotlist = split_argv(argv)
+        cfg = compose(groups, dotlist)
+        check_all(cfg)
+        from suite.runner import run
+
+        run(cfg, groups)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Config composition (DESIGN.md's order), without importing torch or Lightning.
+
+1. Group choices (``experiment=``, ``trainer=``, ``logger=``, ``scale=``, ``debug=``) are pulled out
+   of argv first: a dotlist would turn ``trainer=ddp`` into a string node.
+2. base.yaml <- experiment/NAME.yaml <- presets (trainer, logger) <- global debug defaults
+   <- the experiment's own ``scale.<name>`` overrides <- the experiment's own ``debug.<name>`` overrides.
+3. Struct mode is set, and only then the CLI dotlist is merged, so OmegaConf rejects unknown keys.
+4. Types and choices are validated (suite.schema); ``_target_`` arguments are checked against
+   the constructors' signatures (suite.targets).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from suite.errors import ConfigError
+from suite.schema import validate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("experiment", "trainer", "logger", "scale", "debug")
+DEFAULTS = {"experiment": "diffusion_2d", "trainer": "cpu", "logger": "wandb", "scale": "small", "debug": None}
+HARDWARE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes")
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def split_argv(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Separate group choices from dotted overrides; reject anything that is not ``key=value``."""
+    groups: dict[str, str | None] = dict(DEFAULTS)
+    dotlist: list[str] = []
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r}: expected key=value (e.g. trainer.max_steps=100) or a group "
+                              f"choice ({', '.join(g + '=...' for g in GROUPS)})")
+        key, value = arg.split("=", 1)
+        if key in GROUPS:
+            valid = choices(key) if key != "scale" else ["small", "paper"]
+            if key == "debug" and value in ("", "null", "none"):
+                groups[key] = None
+                continue
+            if value not in valid:
+                raise ConfigError(f"{key}={value}: unknown {key}; valid choices: {', '.join(valid)}")
+            groups[key] = value
+        else:
+            dotlist.append(arg)
+    return groups, dotlist
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return cfg
+
+
+def experiment_yaml(name: str) -> DictConfig:
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"experiment={name}: unknown experiment; valid choices: {', '.join(choices('experiment'))}")
+    return load_yaml(path)
+
+
+def list_experiments() -> dict[str, str]:
+    return {name: str(experiment_yaml(name).get("description", "")) for name in choices("experiment")}
+
+
+def compose(groups: dict[str, str | None], dotlist: list[str]) -> DictConfig:
+    """Compose the config of one run (see the module docstring for the order)."""
+    name = groups["experiment"]
+    exp = experiment_yaml(name)
+    scale_overrides = exp.pop("scale", None) or {}
+    debug_overrides = exp.pop("debug", None) or {}
+    for key in HARDWARE_KEYS:
+        if OmegaConf.select(exp, f"trainer.{key}") is not None:
+            raise ConfigError(f"configs/experiment/{name}.yaml sets trainer.{key}: hardware keys belong to "
+                              "the trainer presets (trainer=cpu|gpu|ddp|ddp_sim|fsdp)")
+    layers = [load_yaml(CONFIG_DIR / "base.yaml"), exp,
+              load_yaml(CONFIG_DIR / "trainer" / f"{groups['trainer']}.yaml"),
+              load_yaml(CONFIG_DIR / "logger" / f"{groups['logger']}.yaml")]
+    if groups["debug"]:
+        layers.append(load_yaml(CONFIG_DIR / "debug" / f"{groups['debug']}.yaml"))
+    scale = groups["scale"]
+    if scale != "small":
+        if scale not in scale_overrides:
+            raise ConfigError(f"scale={scale}: experiment {name} defines no `scale.{scale}` overrides")
+        layers.append(scale_overrides[scale])
+    if groups["debug"] and groups["debug"] in debug_overrides:
+        layers.append(debug_overrides[groups["debug"]])
+    try:
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"experiment {name}: its layers do not merge: {err}") from err
+    cfg.experiment, cfg.scale, cfg.debug = name, scale, groups["debug"]
+    OmegaConf.set_struct(cfg, True)
+    merge_cli(cfg, dotlist)
+    validate(cfg)
+    return cfg
+
+
+def merge_cli(cfg: DictConfig, dotlist: list[str]) -> None:
+    """Merge ``key=value`` overrides one by one into a struct config, naming a bad key precisely."""
+    for item in dotlist:
+        key = item.split("=", 1)[0]
+        try:
+            override = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{item}: cannot parse the value: {err}") from err
+        try:
+            cfg.merge_with(override)
+        except OmegaConfBaseException as err:
+            raise ConfigError(unknown_key_message(cfg, key) or f"{key}: {err}") from err
+
+
+def unknown_key_message(cfg: DictConfig, key: str) -> str | None:
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            parent = ".".join(parts[:i]) or "<top level>"
+            valid = list(node.keys()) if isinstance(node, DictConfig) else []
+            close = difflib.get_close_matches(part, [str(v) for v in valid], n=1)
+            hint = f" (did you mean {'.'.join(parts[:i] + [close[0]])}?)" if close else ""
+            return f"{key}: unknown key{hint}; valid keys under {parent}: {', '.join(map(str, valid))}"
+        node = node._get_node(part) if isinstance(node._get_node(part), DictConfig) else node[part]
+    return None

@@ -1,0 +1,93 @@
+"""Runs a composed config: output folder, artifacts, every variant of the study, claims,
+results.json, and the final table."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from suite.artifacts import resolve_artifacts
+from suite.results import Claim, VariantResult, format_table, write_results
+from suite.study import apply_overrides, expand
+from suite.targets import locate_claims
+
+
+def global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """``output_dir`` or runs/<experiment>/<timestamp>; DDP ranks launched by Lightning inherit
+    GENLAB_OUTPUT_DIR from rank 0, so all ranks agree on one folder."""
+    if cfg.output_dir:
+        path = Path(cfg.output_dir)
+    elif os.environ.get("GENLAB_OUTPUT_DIR"):
+        path = Path(os.environ["GENLAB_OUTPUT_DIR"])
+    else:
+        path = Path("runs") / cfg.experiment / datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    os.environ["GENLAB_OUTPUT_DIR"] = str(path)
+    return path
+
+
+def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
+    """Run every variant (skipping finished ones), compute claims, write results.json."""
+    from suite.train import dump_config, load_variant, run_variant
+
+    t0 = time.time()
+    saved_env = os.environ.get("GENLAB_OUTPUT_DIR")
+    output_dir = resolve_output_dir(cfg)
+    rank0 = global_rank() == 0
+    resolve_artifacts(cfg, groups, lambda sub, g: _run_nested(sub, g))
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+        if cfg.study is not None and cfg.logger.group is None:
+            cfg.logger.group = f"{cfg.experiment}-{output_dir.name}"
+    if rank0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, output_dir / "config.yaml")
+    variants: dict[str, VariantResult] = {}
+    plan = expand(cfg)
+    for i, variant in enumerate(plan):
+        vdir = output_dir if cfg.study is None else output_dir / variant.name
+        if (vdir / "variant.json").exists():
+            print(f"[genlab] variant {variant.name}: finished earlier, reusing {vdir}")
+            found = load_variant(vdir)
+        else:
+            if len(plan) > 1:
+                print(f"[genlab] variant {i + 1}/{len(plan)}: {variant.name}")
+            vcfg = apply_overrides(cfg, variant.overrides)
+            if variant.seed is not None:
+                vcfg.seed = variant.seed
+            found = run_variant(vcfg, vdir, variant.name)
+        variants.update({r.name: r for r in found})
+    claims: dict[str, Claim] = {}
+    if cfg.claims is not None:
+        claims = locate_claims(cfg.claims)(variants, cfg)
+    if saved_env is None:
+        os.environ.pop("GENLAB_OUTPUT_DIR", None)
+    else:
+        os.environ["GENLAB_OUTPUT_DIR"] = saved_env
+    if not rank0:
+        return output_dir / "results.json"
+    path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0)
+    if not quiet:
+        print("\n" + format_table(variants, claims))
+        print(f"\n[genlab] results: {path}")
+    return path
+
+
+def _run_nested(cfg: DictConfig, groups: dict) -> Path:
+    """Produce an artifact in-process, with its own output folder."""
+    saved = os.environ.pop("GENLAB_OUTPUT_DIR", None)
+    try:
+        return run(cfg, groups, quiet=True)
+    finally:
+        if saved is not None:
+            os.environ["GENLAB_OUTPUT_DIR"] = saved

@@ -1,0 +1,143 @@
+"""Builds and runs one variant: a Lightning fit/test, or a plain ``job`` function."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.history import HistoryCallback
+from suite.errors import ConfigError
+from suite.loggers import build_logger, finish_wandb, offline_hint
+from suite.results import VariantResult, clean
+from suite.study import eval_sweep
+from suite.targets import instantiate, locate
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def run_job(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+    args = OmegaConf.to_container(cfg.job, resolve=True)
+    fn = locate(args.pop("_target_"))
+    L.seed_everything(cfg.seed, verbose=False)
+    metrics = fn(output_dir=vdir, seed=cfg.seed, **args)
+    if not isinstance(metrics, dict):
+        raise TypeError(f"job {cfg.job._target_} returned {type(metrics).__name__}, expected a dict of metrics")
+    return [VariantResult(name, clean(metrics), vdir, seed=cfg.seed)]
+
+
+def resolve_ckpt(cfg: DictConfig, vdir: Path) -> str | None:
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path == "last":
+        last = vdir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            return str(last)
+        print(f"[genlab] ckpt_path=last: no checkpoint at {last}; starting from scratch")
+        return None
+    path = Path(cfg.ckpt_path)
+    if not path.exists():
+        raise ConfigError(f"ckpt_path: {path} does not exist")
+    return str(path)
+
+
+def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: list) -> L.Trainer:
+    targs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if targs["max_epochs"] is None:
+        targs["max_epochs"] = -1  # training length is max_steps
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    ckpt = ModelCheckpoint(dirpath=str(vdir / "checkpoints"), save_last=True, save_top_k=0,
+                           every_n_train_steps=cfg.checkpoint.every_n_steps,
+                           train_time_interval=None)
+    callbacks += [ckpt, HistoryCallback(str(vdir / "history.csv"), targs.get("log_every_n_steps", 50))]
+    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir))
+    return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks, **targs)
+
+
+def _run_id(vdir: Path) -> str:
+    """A W&B run id stored in the variant folder, so a resumed run continues the same W&B run."""
+    path = vdir / "wandb_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    vdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module)
+    module.noise_seed = int(cfg.seed)
+    if cfg.compile:
+        if not isinstance(getattr(module, "net", None), torch.nn.Module):
+            raise ConfigError("compile=true: the module has no `net` attribute to compile")
+        module.net = torch.compile(module.net)
+    run_name = f"{cfg.experiment}/{name}"
+    trainer = build_trainer(cfg, vdir, run_name, [])
+    try:
+        t0 = time.time()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg, vdir))
+        metrics = scalars(trainer.callback_metrics)
+        metrics["time/fit_s"] = time.time() - t0
+        tested = is_overridden("test_step", module)
+        if tested:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update(scalars(trainer.callback_metrics))
+        results = [VariantResult(name, metrics, vdir, seed=cfg.seed)]
+        sweep = eval_sweep(cfg)
+        if sweep is not None and tested:
+            param, values = sweep
+            if not hasattr(module, param):
+                raise ConfigError(f"study.eval_sweep.param: the module has no attribute {param!r}")
+            original = getattr(module, param)
+            for value in values:
+                setattr(module, param, value)
+                trainer.test(module, datamodule=datamodule, verbose=False)
+                sdir = vdir / "sweep" / f"{param}={value}"
+                sdir.mkdir(parents=True, exist_ok=True)
+                results.append(VariantResult(f"{name}@{param}={value}", scalars(trainer.callback_metrics), sdir,
+                                             {param: value}, cfg.seed))
+            setattr(module, param, original)
+        hint = offline_hint(vdir) if cfg.logger.type == "wandb" else ""
+        if hint and trainer.is_global_zero:
+            print(f"[genlab] {hint}")
+        return results
+    finally:
+        finish_wandb()
+
+
+def run_variant(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+    vdir.mkdir(parents=True, exist_ok=True)
+    results = run_job(cfg, vdir, name) if cfg.job is not None else run_lightning(cfg, vdir, name)
+    for r in results:
+        r.save()
+    return results
+
+
+def load_variant(vdir: Path) -> list[VariantResult]:
+    """A finished variant and its sweep points, for skipping it on a rerun."""
+    found = [VariantResult.load(vdir / "variant.json")]
+    found += [VariantResult.load(p) for p in sorted(vdir.glob("sweep/*/variant.json"))]
+    return found
+
+
+def dump_config(cfg: DictConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

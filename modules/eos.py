@@ -49,6 +49,29 @@ class ProductModel(nn.Module):
         w = self.w if w is None else w
         return 0.5 * (torch.prod(w) - self.target) ** 2
 
+    def _partials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """r = prod w - y, p_i = prod_{j != i} w_j, q_ij = prod_{k != i, j} w_k (q_ii = 0)."""
+        w = self.w.detach()
+        d = len(w)
+        eye = torch.eye(d, dtype=torch.bool)
+        p = torch.stack([torch.prod(w[~eye[i]]) for i in range(d)])
+        q = torch.zeros(d, d, dtype=w.dtype)
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    q[i, j] = torch.prod(w[~(eye[i] | eye[j])])
+        return torch.prod(w) - self.target, p, q
+
+    def gradient(self) -> torch.Tensor:
+        """dL/dw_i = r p_i, shape (depth,)."""
+        r, p, _ = self._partials()
+        return r * p
+
+    def hessian(self) -> torch.Tensor:
+        """d2L/dw_i dw_j = p_i p_j + r q_ij, shape (depth, depth)."""
+        r, p, q = self._partials()
+        return torch.outer(p, p) + r * q
+
 
 class FullBatchEoS(GenLabModule):
     """Full-batch GD / variational GD on an MLP classifier (MSE on one-hot targets or cross-entropy).

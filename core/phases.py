@@ -89,10 +89,12 @@ def detect_phases(
     slide_threshold: float,
     smooth: int = 5,
     persist: int = 3,
+    valid: torch.Tensor | None = None,
 ) -> PhaseTimes:
     """Detect the phases on per-step series of length K (see the module docstring).
 
     ``times`` (K,) are the sampling times of the steps' end points; returns step indices.
+    ``valid`` (K,) bool: steps where the geometry is defined; a condition never holds elsewhere.
     """
     if not (len(distance) == len(normal_share) == len(times)):
         raise ValueError(
@@ -101,11 +103,12 @@ def detect_phases(
         )
     dist = moving_average(distance.double(), smooth)
     ns = moving_average(normal_share.double(), smooth)
-    reach = first_persistent(dist <= reach_threshold, persist)
-    align = first_persistent(ns >= align_threshold, persist)
+    ok = torch.ones(len(dist), dtype=torch.bool) if valid is None else valid.bool()
+    reach = first_persistent((dist <= reach_threshold) & ok, persist)
+    align = first_persistent((ns >= align_threshold) & ok, persist)
     align_end = None if align is None else first_persistent(ns < align_threshold, 1, align)
-    peak = int(torch.argmax(ns))
-    slide = first_persistent((1.0 - ns) >= slide_threshold, persist, peak + 1)
+    peak = int(torch.argmax(torch.where(ok, ns, torch.zeros_like(ns))))
+    slide = first_persistent(((1.0 - ns) >= slide_threshold) & ok, persist, peak + 1)
     return PhaseTimes(reach, align, align_end, slide, times)
 
 
@@ -116,7 +119,9 @@ class RidgeSeries:
     ``times``: t_k at the start of each analysed step; ``distance``: median normalised normal score
     |E E^T s|/|s| at x_k; ``normal_share``/``tangent_share``: split of dx_k = x_{k+1} - x_k (per
     dimension, see :func:`displacement_shares`); ``eigengap``: median relative eigengap (units 1/h_t);
-    ``normal_step``/``tangent_step``: median |normal| and |tangent| part of dx_k.
+    ``normal_step``/``tangent_step``: median |normal| and |tangent| part of dx_k; ``normal_offset``:
+    median |E E^T (a mu - x)| = h |E E^T s|, the normal part of the mean-shift step, i.e. the
+    first-order distance to the ridge (exact for the two-point line).
     """
 
     times: torch.Tensor
@@ -126,6 +131,7 @@ class RidgeSeries:
     eigengap: torch.Tensor
     normal_step: torch.Tensor
     tangent_step: torch.Tensor
+    normal_offset: torch.Tensor
 
 
 def ridge_series(
@@ -143,9 +149,12 @@ def ridge_series(
 
     The geometry is that of p_{ridge_time} (a fixed ridge, at a time where its eigengap is clear:
     at small t the Hessian of p_t near a training point is ~ -I/h_t and its eigenvectors are
-    arbitrary), or of p_{t_k} at each step when ``ridge_time`` is None. The displacement of step k is
-    ``displacements[k]`` (K, B, d) when given (e.g. the drift part f dt, free of the sampler's
-    isotropic noise), else x_{k+stride} - x_k.
+    arbitrary), evaluated at x_k a_{t_r} / a_{t_k} (the point brought to the ridge's scale: the
+    ridge of p_{t_r} is that of the data smoothed by sqrt(h)/a, shrunk by a_{t_r}); or of p_{t_k}
+    at x_k itself when ``ridge_time`` is None. ``normal_offset`` is in data units (divided by a).
+    The displacement of step k is
+    ``displacements[k]`` (a (K, B, d) tensor, or a function (k, x_k) -> (B, d)) when given (e.g. the
+    drift part f dt of the step, free of the sampler's isotropic noise), else x_{k+stride} - x_k.
     """
     from core.ridge import ridge_geometry  # local import keeps this module importable on its own
 
@@ -161,16 +170,34 @@ def ridge_series(
             "eigengap",
             "normal_step",
             "tangent_step",
+            "normal_offset",
         )
     }
+
+    def alpha(t) -> float:
+        return float(process.alpha(torch.as_tensor(t, dtype=torch.float64)))
+
     for k in range(0, len(times) - 1, stride):
         x = trajectory[k].double()
-        if displacements is not None:
-            dx = displacements[k].double()
+        k_end = k + 1 if displacements is not None else min(k + stride, len(times) - 1)
+        if displacements is None:
+            x_end = trajectory[k_end].double()
+        elif callable(displacements):
+            x_end = x + displacements(k, trajectory[k]).double()
         else:
-            dx = (trajectory[min(k + stride, len(times) - 1)] - trajectory[k]).double()
-        t_geo = float(times[k]) if ridge_time is None else ridge_time
-        geo = ridge_geometry(x, train, process, t_geo, d_star, weights)
+            x_end = x + displacements[k].double()
+        if ridge_time is None:
+            t_geo, scale = float(times[k]), 1.0
+            dx = x_end - x
+        else:
+            # Work in data coordinates x / a_t, where the ridge is fixed: there the displacement is
+            # the score-driven part of the step (the sampler's undoing of the a_t contraction, a
+            # radial motion, drops out). The ridge of p_{t_r} sits at scale a_{t_r}.
+            t_geo = ridge_time
+            a_r = alpha(ridge_time)
+            scale = a_r / alpha(times[k])
+            dx = a_r * (x_end / alpha(times[k_end]) - x / alpha(times[k]))
+        geo = ridge_geometry(scale * x, train, process, t_geo, d_star, weights)
         normal = geo.normal_component(dx)
         ns, ts = displacement_shares(dx, normal, d_star)
         rows["times"].append(float(times[k]))
@@ -180,4 +207,5 @@ def ridge_series(
         rows["eigengap"].append(float(geo.relative_eigengap.median()))
         rows["normal_step"].append(float(normal.norm(dim=1).median()))
         rows["tangent_step"].append(float((dx - normal).norm(dim=1).median()))
+        rows["normal_offset"].append(float((geo.h * geo.normal_score_norm).median()) / alpha(t_geo))
     return RidgeSeries(**{k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()})

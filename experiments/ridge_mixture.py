@@ -1,0 +1,254 @@
+"""``ridge_mixture``: random-feature scores on K modes; reach-align-slide and inter-mode generation.
+
+One variant = one (width p, flow time tau) of the random-feature posterior-mean model of
+core.score_models, trained in closed form (gradient flow A(tau) on Monte-Carlo feature moments) or
+by SGD, then sampled by Euler-Maruyama on the reverse OU SDE over a geometric grid T -> t_min
+(METHODS.md sec. 1). Metrics (``test/...``): near-mode and inter-mode fractions of the final
+samples, median normal offset from the ridge (SCMS projection) at the ridge time t_r (the smallest
+time where the Hessian's relative eigengap at d* is >= min_eigengap at the modes; reported with that
+gap), and the reach / align / slide times of core.phases on the drift part of each step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+
+from callbacks.ridge import (
+    analyse_sampling,
+    final_sample_metrics,
+    plot_ridge_2d,
+    plot_series,
+    ridge_time_by_eigengap,
+)
+from core.processes import OU
+from core.samplers import euler_maruyama, reverse_sde, time_grid
+from core.score_models import RandomFeatureScore, train_rf_sgd
+from datamodules.ridge_mixture import RidgeMixtureDataModule
+from suite.results import Claim, VariantResult
+
+FITS = ("closed_form", "sgd")
+
+
+def mode_fractions(
+    x: torch.Tensor,
+    modes: torch.Tensor,
+    widths: torch.Tensor,
+    spacing: float,
+    near_radius: float,
+    ridge_radius: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(near, inter) boolean (B,): near = within near_radius * spacing + 2 width of a mode; inter =
+    not near, and within ridge_radius * spacing of the open segment between some pair of modes."""
+    x, modes = x.double(), modes.double()
+    near = (torch.cdist(x, modes) <= near_radius * spacing + 2 * widths.double()).any(1)
+    on_segment = torch.zeros(len(x), dtype=torch.bool)
+    for i, j in itertools.combinations(range(len(modes)), 2):
+        d = modes[j] - modes[i]
+        s = ((x - modes[i]) @ d) / (d @ d)
+        foot = modes[i] + s.clamp(0, 1)[:, None] * d
+        on_segment |= ((x - foot).norm(dim=1) <= ridge_radius * spacing) & (s > 0) & (s < 1)
+    return near, (~near) & on_segment
+
+
+def run_job(
+    output_dir: Path,
+    seed: int,
+    width: int,
+    tau: float,
+    data: dict,
+    T: float = 10.0,
+    t_min: float = 1e-3,
+    n_freq: int = 16,
+    n_mc: int = 20000,
+    time_sampling: str = "uniform",
+    init_std: float = 0.0,
+    fit: str = "closed_form",
+    sgd_lr: float = 0.05,
+    sgd_batch: int = 512,
+    n_samples: int = 1000,
+    sample_steps: int = 500,
+    n_traj: int = 300,
+    d_star: int = 1,
+    min_eigengap: float = 1e-3,
+    valid_eigengap: float = 1e-6,
+    near_radius: float = 0.1,
+    ridge_radius: float = 0.05,
+    thresholds: dict | None = None,
+    n_steps_analysed: int = 50,
+) -> dict[str, float]:
+    if fit not in FITS:
+        raise ValueError(f"job.fit must be one of {FITS}, got {fit!r}")
+    if thresholds is None or not {"reach", "align", "slide"} <= set(thresholds):
+        raise ValueError(f"job.thresholds needs reach, align and slide, got {thresholds}")
+    tau = float(tau)
+    dm = RidgeMixtureDataModule(**data, seed=seed)
+    train = dm.train_tensor().double()
+    spacing = dm.mode_spacing
+    process = OU(T=T, t_min=t_min)
+
+    model = RandomFeatureScore(train.shape[1], width, process, n_freq, seed, init_std, time_sampling)
+    gen = torch.Generator().manual_seed(seed + 1)
+    batch = model.training_batch(train, n_mc, gen)
+    if fit == "closed_form":
+        U, V = model.feature_moments(*batch)
+        model.set_gradient_flow(U, V, tau)
+    else:
+        if math.isinf(tau):
+            raise ValueError("job.fit=sgd needs a finite job.tau (SGD time = lr * steps)")
+        train_rf_sgd(model, train, max(1, round(tau / sgd_lr)), sgd_lr, sgd_batch, gen)
+    with torch.no_grad():
+        train_loss = float(model.loss(*batch))
+
+    # Euler-Maruyama on the reverse SDE, recording the drift part of every step.
+    times = time_grid(T, t_min, sample_steps, "geometric").double()
+    drift, diffusion = reverse_sde(process, lambda x, t: model(x, t))
+    drifts = []
+
+    def recorded(x, t):
+        d = drift(x, t)
+        drifts.append(d[:n_traj].clone())
+        return d
+
+    sgen = torch.Generator().manual_seed(seed + 2)
+    x_T = process.prior_sample((n_samples, train.shape[1]), generator=sgen).double()
+    with torch.no_grad():
+        res = euler_maruyama(
+            x_T, times, drift=recorded, diffusion=diffusion, generator=sgen, return_trajectory=True
+        )
+    traj = torch.stack([s[:n_traj] for s in res.trajectory])
+    disp = torch.stack(drifts) * (times[1:] - times[:-1])[:, None, None]
+    final = res.x / float(process.alpha(times[-1]))
+
+    t_r, gap_train = ridge_time_by_eigengap(train, process, d_star, min_eigengap)
+    stride = max(1, sample_steps // n_steps_analysed)
+    series, phases, summary = analyse_sampling(
+        traj, times, train, process, d_star, t_r, spacing, thresholds, stride, disp, valid_eigengap
+    )
+    fin = final_sample_metrics(final, train, process, d_star, t_r)
+    near, inter = mode_fractions(final, dm.modes, dm.widths, spacing, near_radius, ridge_radius)
+
+    out = Path(output_dir)
+    near_f, inter_f = float(near.double().mean()), float(inter.double().mean())
+    title = f"RF width {width}, tau {tau:g}: near {near_f:.2f}, inter {inter_f:.2f}"
+    a = torch.tensor([float(process.alpha(t)) for t in times], dtype=torch.float64)
+    plot_ridge_2d(traj / a[:, None, None], train, process, t_r, d_star, final, title).savefig(
+        out / "trajectories.png"
+    )
+    plot_series(series, phases, title).savefig(out / "series.png")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    torch.save(
+        {
+            "times": series.times,
+            "distance": series.distance,
+            "normal_share": series.normal_share,
+            "normal_offset": series.normal_offset,
+            "eigengap": series.eigengap,
+        },
+        out / "series.pt",
+    )
+
+    metrics = {
+        "test/near_mode_fraction": float(near.double().mean()),
+        "test/inter_mode_fraction": float(inter.double().mean()),
+        "test/normal_offset_median": float(fin["normal_offset"].median()),
+        "test/normal_offset_rel": float(fin["normal_offset"].median()) / spacing,
+        "test/normalized_normal_score": float(fin["normalized_normal_score"].median()),
+        "test/ridge_time": t_r,
+        "test/eigengap_train": gap_train,
+        "test/eigengap_samples": float(fin["eigengap"].median()),
+        "test/train_loss": train_loss,
+        "test/n_samples": float(n_samples),
+        "config/width": float(width),
+        "config/tau": tau if math.isfinite(tau) else 0.0,
+        "config/tau_is_inf": float(math.isinf(tau)),
+    }
+    metrics.update({f"test/{k}": v for k, v in summary.items()})
+    return metrics
+
+
+def _pick(variants: dict[str, VariantResult], width: float, tau_inf: bool, tau: float | None = None):
+    for v in variants.values():
+        m = v.metrics
+        if (
+            m.get("config/width") == width
+            and bool(m.get("config/tau_is_inf")) == tau_inf
+            and (tau is None or m.get("config/tau") == tau)
+        ):
+            return v
+    return None
+
+
+def _se(p: float, n: float) -> float:
+    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+
+
+def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
+    ms = [v.metrics for v in variants.values()]
+    widths = sorted({m["config/width"] for m in ms})
+    finite_taus = sorted({m["config/tau"] for m in ms if not m["config/tau_is_inf"]})
+    out: dict[str, Claim] = {}
+    big = _pick(variants, widths[-1], True)
+    if big is None:
+        out["aligns_then_slides"] = Claim.uncomputable(
+            "needs the variant at the largest width with tau = inf"
+        )
+    else:
+        m = big.metrics
+        ordered = bool(m["test/phases_ordered"])
+        offset_ok = m["test/normal_offset_rel"] < 0.05
+        slide_ok = m["test/last20_tangent_share"] > m["test/last20_normal_share"]
+        out["aligns_then_slides"] = Claim(
+            ordered and offset_ok and slide_ok,
+            m["test/normal_offset_rel"],
+            0.05,
+            f"variant {big.name}: phase times (sampling t) reach {m.get('test/t_reach')}, align "
+            f"{m.get('test/t_align')} (ends {m.get('test/t_align_end')}), slide {m.get('test/t_slide')}; "
+            "ordered = "
+            f"{ordered}; median normal offset / mode spacing = {m['test/normal_offset_rel']:.4g} "
+            f"(< 0.05: {offset_ok}) "
+            f"at ridge time t = {m['test/ridge_time']:.4g} (median relative eigengap at the modes "
+            f"{m['test/eigengap_train']:.3g}, at the samples {m['test/eigengap_samples']:.3g}); last 20% of "
+            f"analysed steps: tangent share {m['test/last20_tangent_share']:.3f} vs normal "
+            f"{m['test/last20_normal_share']:.3f}; thresholds {dict(cfg.job.thresholds)}; "
+            f"n = {int(m['test/n_samples'])} samples, phases on {cfg.job.n_traj} trajectories",
+        )
+    small_tau = _pick(variants, widths[-1], False, finite_taus[0]) if finite_taus else None
+    if big is None or small_tau is None:
+        out["less_training_more_intermode"] = Claim.uncomputable(
+            "needs the largest width at tau = inf and at a finite tau"
+        )
+    else:
+        a, b = small_tau.metrics["test/inter_mode_fraction"], big.metrics["test/inter_mode_fraction"]
+        n = big.metrics["test/n_samples"]
+        se = math.hypot(_se(a, n), _se(b, n))
+        out["less_training_more_intermode"] = Claim(
+            a - b > 2 * se,
+            a,
+            b,
+            f"inter-mode fraction at width {int(widths[-1])}: tau = {finite_taus[0]:g} ({small_tau.name}) "
+            f"{a:.3f} vs "
+            f"tau = inf ({big.name}) {b:.3f}; holds when the difference exceeds 2 binomial SE = {2 * se:.3f} "
+            f"(n = {int(n)} each)",
+        )
+    narrow = _pick(variants, widths[0], True)
+    if big is None or narrow is None or len(widths) < 2:
+        out["narrower_features_more_intermode"] = Claim.uncomputable("needs two widths at tau = inf")
+    else:
+        a, b = narrow.metrics["test/inter_mode_fraction"], big.metrics["test/inter_mode_fraction"]
+        n = big.metrics["test/n_samples"]
+        se = math.hypot(_se(a, n), _se(b, n))
+        out["narrower_features_more_intermode"] = Claim(
+            a - b > 2 * se,
+            a,
+            b,
+            f"inter-mode fraction at tau = inf: width {int(widths[0])} {a:.3f} vs width {int(widths[-1])} "
+            f"{b:.3f}; "
+            f"holds when the difference exceeds 2 binomial SE = {2 * se:.3f} (n = {int(n)} each)",
+        )
+    return out

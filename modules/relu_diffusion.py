@@ -1,0 +1,158 @@
+"""The two-layer ReLU denoiser extended to a diffusion model (arXiv 2512.20963, section 4 of METHODS.md).
+
+    h(x, sigma)      = relu(W (x - mu)) * exp(g(log sigma))        g: small MLP -> H gains
+    x0_hat(x, sigma) = mu + W^T h + skip(sigma) (x - mu)           skip = sigmoid of one more MLP output
+
+VE noise x = x0 + sigma eps with sigma log-uniform in [sigma_min, sigma_max] = [0.02, 2] (core.processes.VE
+with t ~ U(0, 1)), x0-MSE loss. Generation: the probability-flow ODE on a geometric sigma grid (uniform
+in VE time, ``sample_steps`` = 60 Euler steps, core.samplers), started from N(mu, sigma_max^2 I) (sigma_max
+= 2 is not much larger than the digits' spread, so the prior is centred on the mean image), and a final
+denoising step x0_hat(x, sigma_min). ``mu`` is the training mean (a buffer set at fit start).
+
+``sample(n, steering=Steering(v, alpha, sigma_start))`` adds alpha * v to relu(W (x - mu)) while
+sigma <= sigma_start (core.steering). Test-time measures live in ``experiments.relu_diffusion_memorization``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.processes import VE
+from core.samplers import SampleResult, ode_euler, probability_flow, time_grid
+from core.steering import Steering
+from modules.base import GenLabModule
+
+
+class ReLUDiffusion(GenLabModule):
+    """Args:
+    dim: data dimension (196 for 14x14 MNIST).
+    width: hidden units H.
+    sigma_min, sigma_max: the VE noise range.
+    gain_hidden: width of the MLP g(log sigma).
+    lr, weight_decay: AdamW settings.
+    sample_steps: Euler steps of the geometric-sigma sampler.
+    detect_sigma: noise level of the light re-noising used by the detection score.
+    center: subtract the training mean (the encoder has no bias; see modules.relu_dae).
+    """
+
+    def __init__(
+        self,
+        dim: int = 196,
+        width: int = 256,
+        sigma_min: float = 0.02,
+        sigma_max: float = 2.0,
+        gain_hidden: int = 64,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        sample_steps: int = 60,
+        detect_sigma: float = 0.1,
+        center: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"module: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.save_hyperparameters()
+        self.weight = nn.Parameter(torch.randn(width, dim) / dim**0.5)  # global RNG: run.py's seed sets the init
+        self.gain = nn.Sequential(nn.Linear(1, gain_hidden), nn.SiLU(), nn.Linear(gain_hidden, width + 1))
+        self.register_buffer("data_mean", torch.zeros(dim))
+        self.process = VE(sigma_min, sigma_max)
+
+    # -- model ------------------------------------------------------------------------------------
+    def _gains(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.gain(torch.log(sigma).reshape(-1, 1))
+        return torch.exp(out[:, :-1]), torch.sigmoid(out[:, -1:])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(W (x - mu)), the sigma-free part of the representation: (B, d) -> (B, H)."""
+        return torch.relu((x - self.data_mean) @ self.weight.T)
+
+    def _hidden_and_skip(self, x, sigma, steering):
+        gains, skip = self._gains(sigma)
+        pre = self.encode(x)
+        if steering is not None:
+            pre = steering.shift(pre, float(sigma.max()))
+        return pre * gains, skip
+
+    def hidden(self, x: torch.Tensor, sigma: torch.Tensor, steering: Steering | None = None) -> torch.Tensor:
+        """h(x, sigma) (B, H); ``sigma`` is a (B,) tensor. Steering shifts relu(W (x - mu)) before the gain."""
+        return self._hidden_and_skip(x, sigma, steering)[0]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, steering: Steering | None = None) -> torch.Tensor:
+        """x0_hat(x, sigma): x (B, d), sigma (B,) -> (B, d)."""
+        if x.ndim != 2 or x.shape[1] != self.hparams.dim:
+            raise ValueError(f"ReLUDiffusion expects flat inputs (B, {self.hparams.dim}), got {tuple(x.shape)}")
+        h, skip = self._hidden_and_skip(x, sigma, steering)
+        return self.data_mean + h @ self.weight + skip * (x - self.data_mean)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean over the batch of |x0_hat(x0 + sigma eps, sigma) - x0|^2 / d, sigma log-uniform."""
+        x0 = batch["x"]
+        if generator is not None:
+            u = torch.rand(len(x0), generator=generator).to(x0)
+            eps = torch.randn(x0.shape, generator=generator).to(x0)
+        else:
+            u = self.example_uniform(batch["index"], (), stream=0)
+            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1)
+        sigma = self.process.sigma(u)
+        return (self(x0 + sigma[:, None] * eps, sigma) - x0).pow(2).mean()
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.hparams.center and self.global_step == 0:
+            self.data_mean.copy_(self.trainer.datamodule.train_tensor().float().mean(0).to(self.device))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(1234 + batch_idx)
+        self.log("val/loss", self.compute_loss(batch, generator=gen), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- generation and detection -----------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        steps: int | None = None,
+        steering: Steering | None = None,
+    ) -> SampleResult:
+        """``n`` samples (n, dim): Euler on the probability-flow ODE over a geometric sigma grid, then a
+        final denoising step. ``steering`` shifts the hidden activations in the later steps."""
+        was_training = self.training
+        self.eval()
+        try:
+            proc = self.process
+
+            def x0_hat(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                self.nfe.add(1, len(x))
+                return self(x, proc.sigma(t), steering)
+
+            def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return (x0_hat(x, t) - x) / proc.sigma(t)[:, None] ** 2
+
+            times = time_grid(proc.T, proc.t_min, steps or self.hparams.sample_steps, "uniform")
+            noise = torch.randn((n, self.hparams.dim), generator=generator).to(self.data_mean)
+            x = self.data_mean + self.hparams.sigma_max * noise
+            res = ode_euler(x, times, drift=probability_flow(proc, score), return_trajectory=return_trajectory)
+            final = x0_hat(res.x, torch.full((n,), float(times[-1])))
+            traj = None if res.trajectory is None else [*res.trajectory, final]
+            return SampleResult(x=final, times=times, nfe=res.nfe + 1, trajectory=traj)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def representation(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """h(x + s eps, s) at the light re-noising level s = ``detect_sigma``: (B, d) -> (B, H). Its spread
+        is the memorization detection score (spiky = memorised)."""
+        s = self.hparams.detect_sigma
+        eps = torch.randn(x.shape, generator=generator).to(x)
+        return self.hidden(x + s * eps, torch.full((len(x),), s, device=x.device, dtype=x.dtype))
+

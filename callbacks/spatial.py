@@ -3,7 +3,7 @@
 * ``spatial/gene_variation``: per-gene variance across spots of single predicted draws against the
   true per-gene variance (log-log, with the identity): regression falls below the line, a model of
   the conditional law stays on it (the RVD of core/st_metrics.py, gene by gene).
-* ``spatial/maps``: for the ``n_genes`` most variable genes of the first test slide, the true map,
+* ``spatial/maps``: for the ``n_genes`` best-predicted genes (highest PCC) of the first test slide, the true map,
   the point prediction and one single draw, at the spot coordinates.
 
 Reads ``pl_module.test_outputs`` (written by modules/spatial_base.py in ``on_test_epoch_end``), so it
@@ -49,7 +49,9 @@ def maps_figure(out: dict[str, torch.Tensor], genes: list[str], n_genes: int, sp
 
     first = out["slide"] == out["slide"].min()
     true, point, single, xy = out["true"][first], out["point"][first], out["single"][first], out["coords"][first]
-    top = torch.argsort(true.var(0), descending=True)[:n_genes].tolist()
+    from core.st_metrics import pearson_per_gene
+
+    top = torch.argsort(pearson_per_gene(point, true), descending=True)[:n_genes].tolist()  # best-predicted genes
     fig, axes = plt.subplots(len(top), 3, figsize=(9, 3 * len(top)), squeeze=False)
     for row, g in enumerate(top):
         lo, hi = float(true[:, g].min()), float(true[:, g].max())

@@ -81,6 +81,7 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "",
+        fallback_dir: str = "",
         layout: str = "hest",
         metadata_csv: str = "",
         genes: list[str] | None = None,
@@ -106,9 +107,10 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        data_dir = data_dir or fallback_dir  # fallback_dir: the generated folder used when no path is given
         if not data_dir:
             raise SpatialDataError("data.data_dir: empty; give a HEST-1k or Visium folder (the experiments "
-                                   "default to a synthetic one from hest_synthetic_data)")
+                                   "fall back to a synthetic one from hest_synthetic_data)")
         if encoder not in ENCODERS:
             raise SpatialDataError(f"data.encoder: {encoder!r} unknown; choose one of {ENCODERS}")
         if encoder == "torchvision" and not encoder_weights:

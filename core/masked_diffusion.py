@@ -225,7 +225,9 @@ def _call(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, counter: EvalCoun
         counter.add(1, x.shape[0])
     logits = model_fn(x, t)
     if logits.shape[:2] != x.shape:
-        raise ValueError(f"model_fn returned logits {tuple(logits.shape)}, expected ({x.shape[0]}, {x.shape[1]}, V)")
+        raise ValueError(
+            f"model_fn returned logits {tuple(logits.shape)}, expected ({x.shape[0]}, {x.shape[1]}, V)"
+        )
     return logits
 
 
@@ -285,7 +287,9 @@ def confidence_decode(
     masked0 = x == mask_id
     cols = masked0.any(0).nonzero().flatten()
     if len(cols) == 0:
-        return SampleResult(x=x, times=torch.zeros(1), nfe=0, trajectory=[x.clone()] if return_trajectory else None)
+        return SampleResult(
+            x=x, times=torch.zeros(1), nfe=0, trajectory=[x.clone()] if return_trajectory else None
+        )
     start, end = int(cols.min()), int(cols.max()) + 1
     block = end - start if block_length is None else int(block_length)
     n_blocks = math.ceil((end - start) / block)
@@ -325,7 +329,9 @@ def confidence_decode(
     return SampleResult(x=x, times=torch.tensor(fractions), nfe=nfe, trajectory=traj)
 
 
-def _select(conf: torch.Tensor, masked: torch.Tensor, k: torch.Tensor, threshold: float | None) -> torch.Tensor:
+def _select(
+    conf: torch.Tensor, masked: torch.Tensor, k: torch.Tensor, threshold: float | None
+) -> torch.Tensor:
     """Reveal set (B, L): confidence above ``threshold`` (at least the best one), else the top-k."""
     best = torch.zeros_like(masked)
     best.scatter_(1, conf.argmax(1, keepdim=True), True)

@@ -114,8 +114,9 @@ class Embedding:
         self.cardinalities = cardinalities
         self.qt = None
         if real[0].shape[1]:
-            self.qt = QuantileTransformer(n_quantiles=min(1000, len(real[0])), output_distribution="normal",
-                                          subsample=10**9).fit(real[0])
+            self.qt = QuantileTransformer(
+                n_quantiles=min(1000, len(real[0])), output_distribution="normal", subsample=10**9
+            ).fit(real[0])
 
     def __call__(self, table: Table) -> np.ndarray:
         parts = [self.qt.transform(table[0])] if self.qt is not None else []
@@ -123,8 +124,14 @@ class Embedding:
         return np.concatenate(parts, 1) if parts else np.zeros((len(table[0]), 0))
 
 
-def c2st_auc(real: Table, syn: Table, cardinalities: list[int], interactions: bool = True,
-             folds: int = 3, seed: int = 0) -> float:
+def c2st_auc(
+    real: Table,
+    syn: Table,
+    cardinalities: list[int],
+    interactions: bool = True,
+    folds: int = 3,
+    seed: int = 0,
+) -> float:
     """Cross-validated ROC AUC of logistic regression separating real from synthetic rows."""
     rng = np.random.default_rng(seed)
     n = min(len(real[0]), len(syn[0]))
@@ -150,8 +157,9 @@ def _xy(table: Table, target: tuple[str, int]):
     return np.concatenate([np.delete(num, j, 1), cat], 1), num[:, j], num.shape[1] - 1
 
 
-def mle_score(train: Table, test: Table, target: tuple[str, int], cardinalities: list[int],
-              seed: int = 0) -> float:
+def mle_score(
+    train: Table, test: Table, target: tuple[str, int], cardinalities: list[int], seed: int = 0
+) -> float:
     """Gradient-boosted model of the target trained on ``train``, scored on real ``test`` rows."""
     Xtr, ytr, n_num = _xy(train, target)
     Xte, yte, _ = _xy(test, target)
@@ -171,8 +179,9 @@ def mle_score(train: Table, test: Table, target: tuple[str, int], cardinalities:
     return float(f1_score(yte, model.predict(Xte), average="macro"))
 
 
-def alpha_precision_beta_recall(real: Table, syn: Table, cardinalities: list[int],
-                                n_alphas: int = 30) -> tuple[float, float]:
+def alpha_precision_beta_recall(
+    real: Table, syn: Table, cardinalities: list[int], n_alphas: int = 30
+) -> tuple[float, float]:
     """(Delta-precision-alpha, Delta-coverage-beta) of Alaa et al. 2022, naive embedding (synthcity).
 
     alpha-precision curve: fraction of synthetic points inside the real alpha-quantile ball around the
@@ -193,12 +202,21 @@ def alpha_precision_beta_recall(real: Table, syn: Table, cardinalities: list[int
     closest_radii = np.quantile(closest_d, alphas)
     prec = np.array([np.mean(syn_to_center <= r) for r in radii])
     cov = np.array([np.mean((real_to_syn <= real_to_real) & (closest_d <= r)) for r in closest_radii])
-    return (float(1 - np.abs(alphas - prec).sum() / alphas.sum()),
-            float(1 - np.abs(alphas - cov).sum() / alphas.sum()))
+    return (
+        float(1 - np.abs(alphas - prec).sum() / alphas.sum()),
+        float(1 - np.abs(alphas - cov).sum() / alphas.sum()),
+    )
 
 
-def tabular_metrics(real: Table, syn: Table, test: Table, cardinalities: list[int],
-                    target: tuple[str, int], seed: int = 0, interactions: bool = True) -> dict[str, float]:
+def tabular_metrics(
+    real: Table,
+    syn: Table,
+    test: Table,
+    cardinalities: list[int],
+    target: tuple[str, int],
+    seed: int = 0,
+    interactions: bool = True,
+) -> dict[str, float]:
     """All fidelity metrics of ``syn`` against the real training table ``real`` and held-out ``test``."""
     real = _check(real, cardinalities, "real table")
     syn = _check(syn, cardinalities, "synthetic table")
@@ -224,8 +242,10 @@ def sample_marginals(table: Table, n: int, rng: np.random.Generator) -> Table:
     """Every column resampled independently from its empirical distribution."""
     num, cat = table
     pick = lambda col: col[rng.integers(0, len(col), n)]  # noqa: E731
-    return (np.stack([pick(num[:, j]) for j in range(num.shape[1])], 1).reshape(n, num.shape[1]),
-            np.stack([pick(cat[:, j]) for j in range(cat.shape[1])], 1).reshape(n, cat.shape[1]))
+    return (
+        np.stack([pick(num[:, j]) for j in range(num.shape[1])], 1).reshape(n, num.shape[1]),
+        np.stack([pick(cat[:, j]) for j in range(cat.shape[1])], 1).reshape(n, cat.shape[1]),
+    )
 
 
 class GaussianCopula:
@@ -257,7 +277,14 @@ class GaussianCopula:
         z = rng.multivariate_normal(np.zeros(d), self.corr, size=n, method="eigh")
         u = norm.cdf(z)
         d_num = self.sorted_num.shape[1]
-        num = np.stack([np.quantile(self.sorted_num[:, j], u[:, j], method="inverted_cdf") for j in range(d_num)], 1).reshape(n, d_num)
-        cat = np.stack([np.clip(np.searchsorted(cdf, u[:, d_num + j], side="right") - 1, 0, k - 1)
-                        for j, (cdf, k) in enumerate(zip(self.cdfs, self.cardinalities))], 1)
+        num = np.stack(
+            [np.quantile(self.sorted_num[:, j], u[:, j], method="inverted_cdf") for j in range(d_num)], 1
+        ).reshape(n, d_num)
+        cat = np.stack(
+            [
+                np.clip(np.searchsorted(cdf, u[:, d_num + j], side="right") - 1, 0, k - 1)
+                for j, (cdf, k) in enumerate(zip(self.cdfs, self.cardinalities))
+            ],
+            1,
+        )
         return num, cat.reshape(n, len(self.cardinalities))

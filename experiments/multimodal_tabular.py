@@ -29,40 +29,57 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     dec, shared = _pick(variants, MAIN), variants.get("shared")
     if dec is None:
         reason = f"needs the variant 'decoupled' (or 'main'); ran {sorted(variants)}"
-        return {k: Claim.uncomputable(reason) for k in ("beats_marginals", "beats_copula", "conditional_from_joint")}
+        return {
+            k: Claim.uncomputable(reason)
+            for k in ("beats_marginals", "beats_copula", "conditional_from_joint")
+        }
     m = dec.metrics
     g = lambda k: m.get(f"test/{k}")  # noqa: E731
     n_rows = "all training" if not cfg.module.eval_samples else str(cfg.module.eval_samples)
-    table = (f"one synthetic table ({n_rows} rows) of variant '{dec.name}' vs the real training table; "
-             f"model trend {g('trend_error'):.4f} / C2ST {g('c2st_auc'):.4f} / shape {g('shape_error'):.4f}")
+    table = (
+        f"one synthetic table ({n_rows} rows) of variant '{dec.name}' vs the real training table; "
+        f"model trend {g('trend_error'):.4f} / C2ST {g('c2st_auc'):.4f} / shape {g('shape_error'):.4f}"
+    )
     out["beats_marginals"] = Claim(
-        g("trend_error") < g("marginals_trend_error") and g("c2st_auc") < g("marginals_c2st_auc")
+        g("trend_error") < g("marginals_trend_error")
+        and g("c2st_auc") < g("marginals_c2st_auc")
         and g("shape_error") <= g("marginals_shape_error") + 0.02,
         {"trend_error": g("trend_error"), "c2st_auc": g("c2st_auc"), "shape_error": g("shape_error")},
-        {"trend_error": g("marginals_trend_error"), "c2st_auc": g("marginals_c2st_auc"),
-         "shape_error_max": g("marginals_shape_error") + 0.02},
+        {
+            "trend_error": g("marginals_trend_error"),
+            "c2st_auc": g("marginals_c2st_auc"),
+            "shape_error_max": g("marginals_shape_error") + 0.02,
+        },
         table + f"; marginals trend {g('marginals_trend_error'):.4f} / C2ST {g('marginals_c2st_auc'):.4f} / "
         f"shape {g('marginals_shape_error'):.4f}. Holds when trend and C2ST are lower and shape within 0.02. "
-        "C2ST = 3-fold logistic regression on quantile-normal numerics, one-hot categories and their pairwise "
-        "products; single seed, no spread.")
+        "C2ST = 3-fold logistic regression on quantile-normal numerics, one-hot categories and their "
+        "pairwise "
+        "products; single seed, no spread.",
+    )
     out["beats_copula"] = Claim(
         g("trend_error") < g("copula_trend_error") or g("c2st_auc") < g("copula_c2st_auc"),
         {"trend_error": g("trend_error"), "c2st_auc": g("c2st_auc")},
         {"trend_error": g("copula_trend_error"), "c2st_auc": g("copula_c2st_auc")},
         table + f"; Gaussian copula trend {g('copula_trend_error'):.4f} / C2ST {g('copula_c2st_auc'):.4f}. "
-        "Holds when either is lower; single seed, no spread.")
+        "Holds when either is lower; single seed, no spread.",
+    )
     K, rows = cfg.module.impute_samples, cfg.module.impute_rows or "all"
     if shared is None or "test/impute_auc" not in m or "test/impute_auc" not in shared.metrics:
         out["conditional_from_joint"] = Claim.uncomputable(
-            f"needs the variants 'decoupled' and 'shared' with a binary target's impute_auc; ran {sorted(variants)}")
+            "needs the variants 'decoupled' and 'shared' with a binary target's impute_auc; "
+            f"ran {sorted(variants)}"
+        )
         return out
     a_dec, a_sh = m["test/impute_auc"], shared.metrics["test/impute_auc"]
     se = math.hypot(m.get("test/impute_auc_se", 0.0), shared.metrics.get("test/impute_auc_se", 0.0))
     out["conditional_from_joint"] = Claim(
-        a_dec >= a_sh, a_dec, a_sh,
+        a_dec >= a_sh,
+        a_dec,
+        a_sh,
         f"ROC AUC of P(target = positive) estimated from {K} imputations per held-out row ({rows} rows): "
         f"decoupled times with the other columns at t = 0 ({a_dec:.4f}) vs the shared-time model imputing by "
         f"replacement, observed columns re-noised to the current time every step ({a_sh:.4f}); difference "
         f"{a_dec - a_sh:+.4f}, Hanley-McNeil SEs in quadrature {se:.4f} (same rows, so this overstates the "
-        f"noise of the difference); real-data GBM reference AUC {g('mle_real'):.4f}.")
+        f"noise of the difference); real-data GBM reference AUC {g('mle_real'):.4f}.",
+    )
     return out

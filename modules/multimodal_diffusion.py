@@ -45,7 +45,9 @@ def column_groups(schema: dict, time_groups: list[list[str]] | None) -> tuple[li
     named = {c for g in groups for c in g if c != "*"}
     for c in named:
         if c not in columns:
-            raise ValueError(f"module.time_groups names column {c!r}, which the table lacks; columns: {columns}")
+            raise ValueError(
+                f"module.time_groups names column {c!r}, which the table lacks; columns: {columns}"
+            )
     rest = [i for i, g in enumerate(groups) if not g or g == ["*"]]
     if len(rest) > 1:
         raise ValueError("module.time_groups may have at most one catch-all group ([] or ['*'])")
@@ -112,7 +114,9 @@ class MultimodalDiffusion(GenLabModule):
         if self.net is None:
             dm = self.trainer.datamodule
             if not hasattr(dm, "schema"):
-                raise ValueError("MultimodalDiffusion needs a tabular datamodule with a `schema` (datamodules.tabular)")
+                raise ValueError(
+                    "MultimodalDiffusion needs a tabular datamodule with a `schema` (datamodules.tabular)"
+                )
             self.build(dm.schema)
 
     def build(self, schema: dict) -> None:
@@ -123,8 +127,11 @@ class MultimodalDiffusion(GenLabModule):
         n_num, cards = len(schema["numeric"]), list(schema["cardinalities"])
         self.net = TabularDiT(n_num, cards, groups, n_groups, h.hidden, h.depth, h.heads)
         self.process = MultimodalProcess(
-            [Part("continuous", tuple(groups[:n_num])), Part("discrete", tuple(groups[n_num:]))], n_groups,
-            continuous=VP(h.beta_min, h.beta_max), discrete=MaskedDiffusion(self.net.mask_id, eps=h.mask_eps))
+            [Part("continuous", tuple(groups[:n_num])), Part("discrete", tuple(groups[n_num:]))],
+            n_groups,
+            continuous=VP(h.beta_min, h.beta_max),
+            discrete=MaskedDiffusion(self.net.mask_id, eps=h.mask_eps),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tabular_schema"] = self.schema
@@ -148,8 +155,11 @@ class MultimodalDiffusion(GenLabModule):
             um = torch.rand((B, *shapes[2]), generator=generator).to(self.device)
         else:
             idx = batch["index"]
-            u, eps, um = self.example_uniform(idx, shapes[0], 0), self.example_normal(idx, shapes[1], 1), \
-                self.example_uniform(idx, shapes[2], 2)
+            u, eps, um = (
+                self.example_uniform(idx, shapes[0], 0),
+                self.example_normal(idx, shapes[1], 1),
+                self.example_uniform(idx, shapes[2], 2),
+            )
         h = self.hparams
         t = self.process.draw_times(u, h.p_condition, h.p_equal, shared=h.time_mode == "shared")
         noise = (eps, um)
@@ -187,10 +197,15 @@ class MultimodalDiffusion(GenLabModule):
         self.log("test/sample_seconds", time.time() - start, rank_zero_only=True)
         self.log("test/nfe_per_sample", float(out.nfe), rank_zero_only=True)
         rng = np.random.default_rng(0)
-        tables = {"": syn, "marginals_": sample_marginals(real, n, rng),
-                  "copula_": GaussianCopula(real, cards, rng).sample(n, rng)}
+        tables = {
+            "": syn,
+            "marginals_": sample_marginals(real, n, rng),
+            "copula_": GaussianCopula(real, cards, rng).sample(n, rng),
+        }
         for prefix, table in tables.items():
-            for k, v in tabular_metrics(real, table, test, cards, target, interactions=h.c2st_interactions).items():
+            for k, v in tabular_metrics(
+                real, table, test, cards, target, interactions=h.c2st_interactions
+            ).items():
                 self.log(f"test/{prefix}{k}", float(v), rank_zero_only=True)
         for k, v in self.impute_target(dm, test).items():
             self.log(f"test/{k}", v, rank_zero_only=True)
@@ -212,10 +227,19 @@ class MultimodalDiffusion(GenLabModule):
 
     # ----- generation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               steps: int | None = None, given: tuple | None = None, generate: list[int] | None = None,
-               replacement: bool = False, guidance: float = 0.0, guidance_time: float = 1.0,
-               guidance_window: tuple[float, float] = (0.0, 1.0)) -> SampleResult:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        steps: int | None = None,
+        given: tuple | None = None,
+        generate: list[int] | None = None,
+        replacement: bool = False,
+        guidance: float = 0.0,
+        guidance_time: float = 1.0,
+        guidance_window: tuple[float, float] = (0.0, 1.0),
+    ) -> SampleResult:
         """``n`` rows in model space: x = (scaled numerics (n, n_num), codes (n, n_cat)). With
         ``generate`` (group indices) and ``given`` (rows whose other groups are kept) it samples a
         conditional; ``replacement`` and noisy ``guidance`` as in core.multimodal."""
@@ -226,9 +250,20 @@ class MultimodalDiffusion(GenLabModule):
             if given is not None:
                 given = tuple(g.to(self.device) for g in given)
             return self.process.sample(
-                self, shapes, steps or self.sample_steps, generate=generate, given=given, replacement=replacement,
-                guidance=guidance, guidance_time=guidance_time, guidance_window=tuple(guidance_window),
-                generator=generator, counter=self.nfe, device=self.device, return_trajectory=return_trajectory)
+                self,
+                shapes,
+                steps or self.sample_steps,
+                generate=generate,
+                given=given,
+                replacement=replacement,
+                guidance=guidance,
+                guidance_time=guidance_time,
+                guidance_window=tuple(guidance_window),
+                generator=generator,
+                counter=self.nfe,
+                device=self.device,
+                return_trajectory=return_trajectory,
+            )
         finally:
             self.train(was_training)
 
@@ -244,8 +279,13 @@ class MultimodalDiffusion(GenLabModule):
         c = torch.tensor(test[1][:rows]).repeat_interleave(K, 0)
         col = j if kind == "num" else len(self.schema["numeric"]) + j
         target_group = self.column_group[col]
-        out = self.sample(rows * K, generator=torch.Generator().manual_seed(seed), given=(x, c),
-                          generate=[target_group], replacement=h.time_mode == "shared").x
+        out = self.sample(
+            rows * K,
+            generator=torch.Generator().manual_seed(seed),
+            given=(x, c),
+            generate=[target_group],
+            replacement=h.time_mode == "shared",
+        ).x
         truth = test[1][:rows, j] if kind == "cat" else test[0][:rows, j]
         if kind == "cat":
             draws = out[1][:, j].cpu().numpy().reshape(rows, K)

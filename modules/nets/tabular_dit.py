@@ -36,8 +36,9 @@ class AdaLNBlock(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False)
-        self.mlp = nn.Sequential(nn.Linear(hidden, int(hidden * mlp_ratio)), nn.SiLU(),
-                                 nn.Linear(int(hidden * mlp_ratio), hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, int(hidden * mlp_ratio)), nn.SiLU(), nn.Linear(int(hidden * mlp_ratio), hidden)
+        )
         self.ada = nn.Linear(hidden, 6 * hidden)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
@@ -48,7 +49,6 @@ class AdaLNBlock(nn.Module):
         h = h + g1 * self.attention(y)
         y = self.norm2(h) * (1 + s2) + b2
         return h + g2 * self.mlp(y)
-
 
     def attention(self, y: torch.Tensor) -> torch.Tensor:
         """Plain softmax attention over the (few) column tokens; written out because the fused CPU
@@ -62,8 +62,17 @@ class AdaLNBlock(nn.Module):
 class TabularDiT(nn.Module):
     """forward(x_num (B, n_num), x_cat (B, n_cat) long, t_groups (B, G)) -> (eps (B, n_num), logits)."""
 
-    def __init__(self, n_numeric: int, cardinalities: list[int], column_groups: list[int], n_groups: int,
-                 hidden: int = 64, depth: int = 3, heads: int = 4, time_dim: int = 32) -> None:
+    def __init__(
+        self,
+        n_numeric: int,
+        cardinalities: list[int],
+        column_groups: list[int],
+        n_groups: int,
+        hidden: int = 64,
+        depth: int = 3,
+        heads: int = 4,
+        time_dim: int = 32,
+    ) -> None:
         super().__init__()
         n_cols = n_numeric + len(cardinalities)
         if len(column_groups) != n_cols:
@@ -72,7 +81,11 @@ class TabularDiT(nn.Module):
         self.vocab = max(cardinalities) if cardinalities else 1
         self.mask_id = self.vocab  # one shared mask id, outside every column's categories
         self.register_buffer("column_groups", torch.tensor(column_groups, dtype=torch.long))
-        offsets = torch.tensor([0] + [k + 1 for k in cardinalities[:-1]]).cumsum(0) if cardinalities else torch.zeros(0)
+        offsets = (
+            torch.tensor([0] + [k + 1 for k in cardinalities[:-1]]).cumsum(0)
+            if cardinalities
+            else torch.zeros(0)
+        )
         self.register_buffer("offsets", offsets.long())
         self.register_buffer("cards", torch.tensor(cardinalities, dtype=torch.long))
         self.num_weight = nn.Parameter(torch.randn(n_numeric, hidden) / math.sqrt(hidden))
@@ -81,7 +94,9 @@ class TabularDiT(nn.Module):
         self.col_embed = nn.Parameter(torch.randn(n_cols, hidden) * 0.02)
         self.time_dim = time_dim
         self.token_time = nn.Linear(time_dim, hidden)
-        self.cond = nn.Sequential(nn.Linear(n_groups * time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.cond = nn.Sequential(
+            nn.Linear(n_groups * time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+        )
         self.blocks = nn.ModuleList(AdaLNBlock(hidden, heads) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden, elementwise_affine=False)
         self.out_num = nn.Parameter(torch.zeros(n_numeric, hidden))
@@ -95,12 +110,16 @@ class TabularDiT(nn.Module):
         cat = torch.minimum(x_cat, self.cards)  # the mask id -> each column's own mask slot
         tok_cat = self.cat_embed(cat + self.offsets)  # (B, n_cat, H)
         t_cols = t_groups[:, self.column_groups]  # (B, n_cols)
-        h = torch.cat([tok_num, tok_cat], 1) + self.col_embed + self.token_time(time_features(t_cols, self.time_dim))
+        h = (
+            torch.cat([tok_num, tok_cat], 1)
+            + self.col_embed
+            + self.token_time(time_features(t_cols, self.time_dim))
+        )
         c = self.cond(time_features(t_groups, self.time_dim).reshape(B, -1))
         for block in self.blocks:
             h = block(h, c)
         h = self.norm_out(h)
         eps = (h[:, : self.n_numeric] * self.out_num).sum(-1)
-        logits = self.out_cat(h[:, self.n_numeric:])
+        logits = self.out_cat(h[:, self.n_numeric :])
         logits = logits.masked_fill(~self.valid, -1e4)
         return eps, logits

@@ -93,13 +93,21 @@ def test_sampler_recovers_a_known_joint_distribution(schedule, kind):
     proc = MaskedDiffusion(MASK, schedule=schedule)
     counter = EvalCounter()
     x = torch.full((8000, 2), MASK)
-    out = proc.sample(_exact_model(configs, pi), x, steps=100, kind=kind,
-                      generator=torch.Generator().manual_seed(1), counter=counter)
+    out = proc.sample(
+        _exact_model(configs, pi),
+        x,
+        steps=100,
+        kind=kind,
+        generator=torch.Generator().manual_seed(1),
+        counter=counter,
+    )
     assert not (out.x == MASK).any()
     assert counter.calls == out.nfe <= 100
     assert _tv(out.x, configs, pi) < 0.03  # sampling noise ~0.013, same-step reveals bias < 0.01
     # the target has dependence: sampling each token from its marginal would fail the same test
-    marg = [torch.einsum("c,cv->v", pi, torch.nn.functional.one_hot(configs[:, i], 3).float()) for i in range(2)]
+    marg = [
+        torch.einsum("c,cv->v", pi, torch.nn.functional.one_hot(configs[:, i], 3).float()) for i in range(2)
+    ]
     g = torch.Generator().manual_seed(2)
     indep = torch.stack([torch.multinomial(m, 8000, True, generator=g) for m in marg], 1)
     assert _tv(indep, configs, pi) > 0.2
@@ -143,8 +151,9 @@ def test_llada_semi_autoregressive_topk_decoding():
     x = torch.full((2, 8), 9)  # mask id 9 outside the 5 logits
     x[:, 0] = 4  # prompt
     counter = EvalCounter()
-    out = confidence_decode(_ordered_model(), x, steps=6, mask_id=9, block_length=4, counter=counter,
-                            return_trajectory=True)
+    out = confidence_decode(
+        _ordered_model(), x, steps=6, mask_id=9, block_length=4, counter=counter, return_trajectory=True
+    )
     assert out.nfe == counter.calls == 6
     assert out.x[0].tolist() == [4, 1, 2, 3, 4, 0, 1, 2]
     # the first block (positions 1-4) is finished before the second is touched; within a block the most
@@ -159,8 +168,16 @@ def test_threshold_and_maskgit_decoding():
     out = confidence_decode(_ordered_model(), x, steps=6, mask_id=9, threshold=0.3)
     # confidences exceed 0.3 only at the later positions; still at least one per step until done
     assert not (out.x == 9).any() and out.nfe < 6
-    out = confidence_decode(_ordered_model(), x, steps=4, mask_id=9, schedule="cosine", temperature=1.0,
-                            confidence_noise=4.5, generator=torch.Generator().manual_seed(0))
+    out = confidence_decode(
+        _ordered_model(),
+        x,
+        steps=4,
+        mask_id=9,
+        schedule="cosine",
+        temperature=1.0,
+        confidence_noise=4.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not (out.x == 9).any() and out.nfe == 4
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
         confidence_decode(_ordered_model(), x, steps=5, mask_id=9, block_length=4)

@@ -80,8 +80,13 @@ def test_per_group_noise_and_losses():
 def test_joint_sampling_with_exact_model_recovers_the_mixed_distribution():
     proc = _process()
     counter = EvalCounter()
-    out = proc.sample(_exact_model(proc), [(4000, 1), (4000, 1)], steps=200,
-                      generator=torch.Generator().manual_seed(1), counter=counter)
+    out = proc.sample(
+        _exact_model(proc),
+        [(4000, 1), (4000, 1)],
+        steps=200,
+        generator=torch.Generator().manual_seed(1),
+        counter=counter,
+    )
     x, y = out.x[0][:, 0], out.x[1][:, 0]
     assert counter.calls == out.nfe == 200
     assert (y != MASK).all()
@@ -118,14 +123,31 @@ def test_replacement_and_noisy_guidance():
     g = torch.Generator().manual_seed(3)
     given = (torch.zeros(2000, 1), torch.full((2000, 1), 0))
     counter = EvalCounter()
-    out = proc.sample(model, [(2000, 1), (2000, 1)], steps=100, generate=[0], given=given,
-                      replacement=True, generator=g, counter=counter)
+    out = proc.sample(
+        model,
+        [(2000, 1), (2000, 1)],
+        steps=100,
+        generate=[0],
+        given=given,
+        replacement=True,
+        generator=g,
+        counter=counter,
+    )
     assert (out.x[1] == 0).all() and counter.calls == 100
     assert abs(out.x[0].mean() - MU[0]) < 0.15
     # guidance costs a second evaluation per step inside its window and sharpens the conditional
     counter.reset()
-    out_g = proc.sample(model, [(2000, 1), (2000, 1)], steps=100, generate=[0], given=given,
-                        guidance=2.0, guidance_window=(0.2, 0.8), generator=g, counter=counter)
+    out_g = proc.sample(
+        model,
+        [(2000, 1), (2000, 1)],
+        steps=100,
+        generate=[0],
+        given=given,
+        guidance=2.0,
+        guidance_window=(0.2, 0.8),
+        generator=g,
+        counter=counter,
+    )
     grid = torch.linspace(1.0, 0.0, 101)[:-1]
     in_window = sum(0.2 <= float(t) <= 0.8 for t in grid)
     assert counter.calls == 100 + in_window

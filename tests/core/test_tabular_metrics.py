@@ -30,7 +30,10 @@ def _table(n, seed):
 
 def _shuffle_columns(table, rng):
     num, cat = table
-    return (np.stack([rng.permutation(c) for c in num.T], 1), np.stack([rng.permutation(c) for c in cat.T], 1))
+    return (
+        np.stack([rng.permutation(c) for c in num.T], 1),
+        np.stack([rng.permutation(c) for c in cat.T], 1),
+    )
 
 
 def test_identical_tables_score_perfectly():

@@ -48,8 +48,14 @@ def _write(tmp_path, df, name="t.csv"):
 
 def test_csv_with_inferred_types_and_median_imputation(tmp_path):
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"colour": rng.choice(["red", "blue", None], 200), "grade": rng.integers(1, 4, 200),
-                       "height": rng.normal(170, 10, 200), "label": rng.choice([True, False], 200)})
+    df = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "blue", None], 200),
+            "grade": rng.integers(1, 4, 200),
+            "height": rng.normal(170, 10, 200),
+            "label": rng.choice([True, False], 200),
+        }
+    )
     df.loc[::10, "height"] = np.nan
     dm = TabularDataModule(dataset="csv", path=_write(tmp_path, df), target="label", numeric_missing="median")
     dm.setup()
@@ -61,10 +67,12 @@ def test_csv_with_inferred_types_and_median_imputation(tmp_path):
 
 
 def test_benchmark_loader_reads_the_uci_adult_format(tmp_path):
-    lines = ["39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, "
-             "2174, 0, 40, United-States, <=50K",
-             "50, ?, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, "
-             "United-States, >50K"] * 10
+    lines = [
+        "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, "
+        "2174, 0, 40, United-States, <=50K",
+        "50, ?, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, "
+        "United-States, >50K",
+    ] * 10
     path = tmp_path / "adult.data"
     path.write_text("\n".join(lines) + "\n")
     dm = TabularDataModule(dataset="adult", path=str(path))

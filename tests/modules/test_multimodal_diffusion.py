@@ -26,8 +26,11 @@ def _module(**kw):
 
 def test_loss_is_finite_and_fixed_by_the_generator():
     m = _module()
-    batch = {"x": torch.randn(16, 2), "cat": torch.stack([torch.randint(0, 2, (16,)), torch.randint(0, 3, (16,))], 1),
-             "index": torch.arange(16)}
+    batch = {
+        "x": torch.randn(16, 2),
+        "cat": torch.stack([torch.randint(0, 2, (16,)), torch.randint(0, 3, (16,))], 1),
+        "index": torch.arange(16),
+    }
     l1 = m.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     l2 = m.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(l1) and l1 == l2

@@ -117,7 +117,26 @@ def merge_cli(cfg: DictConfig, dotlist: list[str]) -> None:
         try:
             cfg.merge_with(override)
         except OmegaConfBaseException as err:
-            raise ConfigError(unknown_key_message(cfg, key) or f"{key}: {err}") from err
+            if not _merge_constructor_argument(cfg, key, override):
+                raise ConfigError(unknown_key_message(cfg, key) or f"{key}: {err}") from err
+
+
+def _merge_constructor_argument(cfg: DictConfig, key: str, override: DictConfig) -> bool:
+    """Allow ``section.arg=value`` for any argument of the section's ``_target_``, also one the
+    YAML leaves at its default (``module.weight_decay=0.1``)."""
+    from omegaconf import open_dict
+
+    from suite.targets import target_params
+
+    parent_key, _, arg = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else None
+    if not isinstance(parent, DictConfig) or "_target_" not in parent:
+        return False
+    if arg not in target_params(parent._target_, parent_key):
+        return False
+    with open_dict(cfg):
+        cfg.merge_with(override)
+    return True
 
 
 def unknown_key_message(cfg: DictConfig, key: str) -> str | None:
@@ -127,6 +146,10 @@ def unknown_key_message(cfg: DictConfig, key: str) -> str | None:
         if not isinstance(node, DictConfig) or part not in node:
             parent = ".".join(parts[:i]) or "<top level>"
             valid = list(node.keys()) if isinstance(node, DictConfig) else []
+            if isinstance(node, DictConfig) and "_target_" in node:
+                from suite.targets import target_params
+
+                valid += [p for p in target_params(node._target_, parent) if p not in valid]
             close = difflib.get_close_matches(part, [str(v) for v in valid], n=1)
             hint = f" (did you mean {'.'.join(parts[:i] + [close[0]])}?)" if close else ""
             return f"{key}: unknown key{hint}; valid keys under {parent}: {', '.join(map(str, valid))}"

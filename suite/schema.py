@@ -52,6 +52,8 @@ def _type_names(types: tuple) -> str:
 def _check(key: str, value: Any, types: tuple) -> None:
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(f"{key}: expected {_type_names(types)}, got bool {value!r}")
+    if value is None and NONE not in types:
+        raise ConfigError(f"{key}: expected {_type_names(types)}, got no value (null)")
     if not isinstance(value, types):
         raise ConfigError(f"{key}: expected {_type_names(types)}, got {type(value).__name__} {value!r}")
 

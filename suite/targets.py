@@ -48,6 +48,12 @@ def _find_def(target: str, key: str) -> tuple[list[Param], bool] | None:
     raise ConfigError(f"{key}._target_: {module_name} defines no {attr!r}; it defines {', '.join(names)}")
 
 
+def target_params(target: str, key: str) -> list[str]:
+    """Argument names of a ``_target_`` (empty when its source cannot tell)."""
+    found = _find_def(target, key)
+    return [p.name for p in found[0]] if found else []
+
+
 def _params(fn: ast.FunctionDef, skip_first: bool) -> tuple[list[Param], bool]:
     args = fn.args.posonlyargs + fn.args.args
     if skip_first:

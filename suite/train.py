@@ -95,6 +95,7 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
     try:
         t0 = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg, vdir))
+        trainer.save_checkpoint(vdir / "checkpoints" / "last.ckpt")  # the final state, whatever the cadence
         metrics = scalars(trainer.callback_metrics)
         metrics["time/fit_s"] = time.time() - t0
         tested = is_overridden("test_step", module)

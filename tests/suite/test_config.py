@@ -1,0 +1,99 @@
+"""Composition order and every error path of the command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run
+from suite.config import compose, split_argv
+from suite.errors import ConfigError
+from suite.targets import _accepts, check_all
+
+ROOT = Path(run.__file__).resolve().parent
+
+
+def cfg_of(*argv):
+    return compose(*split_argv(list(argv)))
+
+
+def test_composition_order(config_dir):
+    assert cfg_of("experiment=layered").trainer.max_steps == 100  # experiment over base
+    assert cfg_of("experiment=layered", "scale=paper").trainer.max_steps == 200  # scale over experiment
+    assert cfg_of("experiment=layered", "debug=fast").trainer.max_steps == 3  # own debug over global debug
+    assert cfg_of("experiment=layered", "scale=paper", "debug=fast").trainer.max_steps == 3  # debug last
+    assert cfg_of("experiment=layered", "scale=paper", "debug=fast").job.b == 2.0  # scale kept
+    assert cfg_of("experiment=plain", "debug=fast").trainer.max_steps == 5  # global debug over experiment
+    assert cfg_of("experiment=layered", "debug=fast", "trainer.max_steps=7").trainer.max_steps == 7  # CLI last
+    cfg = cfg_of("experiment=layered", "trainer=ddp_sim", "logger=csv")
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.logger.type) == ("ddp_spawn", 2, "csv")
+    assert cfg.trainer.max_steps == 100  # a preset owns hardware keys only
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["experiment=nope"], "experiment=nope: unknown experiment; valid choices: "),
+    (["trainer=tpu"], "trainer=tpu: unknown trainer; valid choices: cpu, ddp, ddp_sim, fsdp, gpu"),
+    (["logger=tensorboard"], "valid choices: csv, none, wandb"),
+    (["scale=huge"], "valid choices: small, paper"),
+    (["trainer.max_step=5"], "trainer.max_step: unknown key (did you mean trainer.max_steps?)"),
+    (["modul.lr=1"], "modul.lr: unknown key (did you mean module?)"),
+    (["seed=abc"], "seed: expected int, got str 'abc'"),
+    (["trainer.max_steps=1.5"], "trainer.max_steps: expected int, got float 1.5"),
+    (["seed="], "seed: expected int, got no value (null)"),
+    (["logger.mode=sometimes"], "logger.mode: 'sometimes' is not one of auto, online, offline, disabled"),
+    (["module.hidden=wide"], "module.hidden: expected int, got str 'wide' (argument of modules.diffusion.Diffusion)"),
+    (["module.process=5"], "module.process: expected str, got int 5"),
+    (["max_steps"], "argument 'max_steps': expected key=value"),
+])
+def test_errors_exit_2_with_the_key(argv, message, capsys):
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_target_argument(config_dir, capsys):
+    assert run.main(["experiment=bad_arg"]) == 2
+    err = capsys.readouterr().err
+    assert "module.hidn: modules.diffusion.Diffusion has no argument 'hidn' (did you mean 'hidden'?)" in err
+
+
+def test_missing_required_and_bad_module(config_dir):
+    cfg = cfg_of("experiment=plain")
+    cfg.job._target_ = "tests.suite.jobs.nothing"
+    with pytest.raises(ConfigError, match="defines no 'nothing'"):
+        check_all(cfg)
+    cfg.job._target_ = "tests.suite.nomodule.affine"
+    with pytest.raises(ConfigError, match="module 'tests.suite.nomodule' not found"):
+        check_all(cfg)
+
+
+def test_type_hints():
+    assert _accepts("float", 3) and not _accepts("int", 3.0) and not _accepts("int", True)
+    assert _accepts("float | None", None) and _accepts("Optional[int]", 2) and not _accepts("Optional[int]", "x")
+    assert _accepts("list[int] | None", [1]) and not _accepts("list[int]", 1)
+    assert _accepts("str", "${artifacts.base}")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_list_and_errors_do_not_import_torch():
+    """--list, --help and config errors answer without importing torch or Lightning."""
+    code = ("import sys, run\n"
+            "for argv in (['--list'], ['--help'], ['trainer.max_step=1'], ['trainer=tpu'], ['module.hidden=x']):\n"
+            "    run.main(argv)\n"
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'\n"
+            "print('clean')")
+    proc = _python(code)
+    assert proc.returncode == 0 and "clean" in proc.stdout, proc.stderr
+    assert "diffusion_2d" in proc.stdout
+
+
+def test_cli_exit_code_and_flags():
+    proc = subprocess.run([sys.executable, "run.py", "trainer.max_step=1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: trainer.max_step")
+    assert run.main(["--bogus"]) == 2

@@ -22,7 +22,8 @@ and charging every call to a ``core.nfe.EvalCounter``:
   [s, t] with probability (m(t) - m(s)) / m(t)) or tau-leaping (rate m'(t)/m(t) times the step);
 * :func:`confidence_decode` -- LLaDA's semi-autoregressive blocks with top-k or threshold
   (Fast-dLLM) low-confidence remasking and Gumbel token noise, and MaskGIT's cosine count schedule
-  with annealed Gumbel noise on the confidences.
+  with annealed Gumbel noise on the confidences;
+* :func:`unmask_step` -- one such step, for search methods (Prism) that drive the steps themselves.
 """
 
 from __future__ import annotations
@@ -312,21 +313,57 @@ def confidence_decode(
             fractions.append(float(t.mean()))
             logits = _call(model_fn, x, t, counter)
             nfe += 1
-            if mask_id < logits.shape[-1]:
-                logits = logits.clone()
-                logits[..., mask_id] = float("-inf")
-            cand = sample_tokens(logits, temperature, generator)
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-            conf = logp.exp()
-            if confidence_noise > 0:
-                r = (i + 1) / per_block
-                conf = logp + confidence_noise * (1 - r) * gumbel_noise(logp.shape, generator, x.device)
-            conf = torch.where(masked, conf, torch.full_like(conf, float("-inf")))
-            reveal = _select(conf, masked, counts[:, i], threshold)
-            x = torch.where(reveal, cand, x)
+            r = (i + 1) / per_block
+            x, _ = unmask_step(
+                logits,
+                x,
+                masked,
+                mask_id,
+                count=counts[:, i],
+                threshold=threshold,
+                temperature=temperature,
+                confidence_noise=confidence_noise * (1 - r),
+                generator=generator,
+            )
             if traj is not None:
                 traj.append(x.clone())
     return SampleResult(x=x, times=torch.tensor(fractions), nfe=nfe, trajectory=traj)
+
+
+def unmask_step(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    allowed: torch.Tensor,
+    mask_id: int,
+    *,
+    count: torch.Tensor | None = None,
+    threshold: float | None = None,
+    temperature: float = 0.0,
+    confidence_noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One confidence-ordered unmasking step, for decoders and search methods that drive the steps.
+
+    logits (B, L, V) from one model call on x (B, L); ``allowed`` (B, L) bool: masked positions that
+    may be revealed now (e.g. the current block). Candidates: Gumbel-max at ``temperature``;
+    confidence: their softmax probability, or log-probability + ``confidence_noise`` * Gumbel (MaskGIT,
+    the caller anneals the scale). Reveals the ``count`` (B,) most confident allowed positions, or with
+    ``threshold`` all above it (at least one). Returns (new x, confidence (B, L) of every candidate,
+    -inf outside ``allowed``): Prism's partial remasking reads the confidences of what it decoded."""
+    if count is None and threshold is None:
+        raise ValueError("unmask_step needs count (top-k) or threshold")
+    if mask_id < logits.shape[-1]:
+        logits = logits.clone()
+        logits[..., mask_id] = float("-inf")
+    cand = sample_tokens(logits, temperature, generator)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
+    conf = logp.exp()
+    if confidence_noise > 0:
+        conf = logp + confidence_noise * gumbel_noise(logp.shape, generator, x.device)
+    conf = torch.where(allowed, conf, torch.full_like(conf, float("-inf")))
+    k = count if count is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    reveal = _select(conf, allowed, k, threshold)
+    return torch.where(reveal, cand, x), conf
 
 
 def _select(

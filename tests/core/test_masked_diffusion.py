@@ -12,6 +12,7 @@ from core.masked_diffusion import (
     confidence_decode,
     cosine_transfer_tokens,
     num_transfer_tokens,
+    unmask_step,
 )
 from core.nfe import EvalCounter
 
@@ -183,3 +184,16 @@ def test_threshold_and_maskgit_decoding():
         confidence_decode(_ordered_model(), x, steps=5, mask_id=9, block_length=4)
     with pytest.raises(ValueError, match="unknown mask schedule"):
         MaskSchedule("exp")
+
+
+def test_unmask_step_reveals_the_most_confident_allowed_positions_and_reports_confidences():
+    x = torch.full((1, 6), 9)
+    logits = _ordered_model()(x, None)
+    allowed = torch.tensor([[True, True, True, False, False, True]])
+    new, conf = unmask_step(logits, x, allowed, 9, count=torch.tensor([2]))
+    assert new[0].tolist() == [9, 9, 2, 9, 9, 0]  # positions 5 and 2: the two most confident allowed
+    assert torch.isinf(conf[0, 3]) and conf[0, 5] > conf[0, 2] > conf[0, 1] > 0
+    new, _ = unmask_step(logits, x, allowed, 9, threshold=0.99)
+    assert (new != 9).sum() == 1  # nothing passes the threshold: the single best is still revealed
+    with pytest.raises(ValueError, match="count"):
+        unmask_step(logits, x, allowed, 9)

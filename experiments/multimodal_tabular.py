@@ -64,22 +64,31 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
         "Holds when either is lower; single seed, no spread.",
     )
     K, rows = cfg.module.impute_samples, cfg.module.impute_rows or "all"
-    if shared is None or "test/impute_auc" not in m or "test/impute_auc" not in shared.metrics:
+    score = next((k for k in ("impute_auc", "impute_accuracy", "impute_r2") if f"test/{k}" in m), None)
+    if shared is None or score is None or f"test/{score}" not in shared.metrics:
         out["conditional_from_joint"] = Claim.uncomputable(
-            "needs the variants 'decoupled' and 'shared' with a binary target's impute_auc; "
-            f"ran {sorted(variants)}"
+            f"needs the variants 'decoupled' and 'shared' with an imputation score; ran {sorted(variants)}"
         )
         return out
-    a_dec, a_sh = m["test/impute_auc"], shared.metrics["test/impute_auc"]
-    se = math.hypot(m.get("test/impute_auc_se", 0.0), shared.metrics.get("test/impute_auc_se", 0.0))
+    a_dec, a_sh = m[f"test/{score}"], shared.metrics[f"test/{score}"]
+    what = {
+        "impute_auc": "ROC AUC of P(target = positive) estimated",
+        "impute_accuracy": "accuracy of the majority class",
+        "impute_r2": "R^2 of the mean",
+    }[score]
+    noise = ""
+    if score == "impute_auc":
+        se = math.hypot(m.get("test/impute_auc_se", 0.0), shared.metrics.get("test/impute_auc_se", 0.0))
+        noise = (
+            f", Hanley-McNeil SEs in quadrature {se:.4f} (same rows, so this overstates the noise of the "
+            f"difference); real-data GBM reference AUC {g('mle_real'):.4f}"
+        )
     out["conditional_from_joint"] = Claim(
         a_dec >= a_sh,
         a_dec,
         a_sh,
-        f"ROC AUC of P(target = positive) estimated from {K} imputations per held-out row ({rows} rows): "
-        f"decoupled times with the other columns at t = 0 ({a_dec:.4f}) vs the shared-time model imputing by "
-        f"replacement, observed columns re-noised to the current time every step ({a_sh:.4f}); difference "
-        f"{a_dec - a_sh:+.4f}, Hanley-McNeil SEs in quadrature {se:.4f} (same rows, so this overstates the "
-        f"noise of the difference); real-data GBM reference AUC {g('mle_real'):.4f}.",
+        f"{what} from {K} imputations per held-out row ({rows} rows): decoupled times with the other "
+        f"columns at t = 0 ({a_dec:.4f}) vs the shared-time model imputing by replacement, observed columns "
+        f"re-noised to the current time every step ({a_sh:.4f}); difference {a_dec - a_sh:+.4f}{noise}.",
     )
     return out

@@ -48,3 +48,13 @@ def test_regression_samples_are_point_plus_residual_noise():
     assert torch.equal(out["single"], out["point"])
     torch.testing.assert_close(out["samples"].mean(0), out["point"], atol=0.05, rtol=0)
     torch.testing.assert_close(out["samples"].std(0), torch.full((5, 8), 0.5), atol=0.03, rtol=0)
+
+
+def test_stem_with_learned_variance_trains_and_samples():
+    model = Stem(n_genes=8, cond_dim=8, cnn_width=8,
+                 stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 3, "learn_sigma": True})
+    loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and model.net.out.weight.grad is not None
+    out = model.sample(2, generator=torch.Generator().manual_seed(0), batch=_batch())
+    assert out.x.shape == (2, 5, 8) and bool(torch.isfinite(out.x).all())

@@ -107,7 +107,7 @@ class SharpnessCallback(Callback):
                     if count >= self.probe_size:
                         break
                 batch = _concat_batches(batches, self.probe_size)
-            self._probe = move_data_to_device(batch, pl_module.device)
+            self._probe = move_data_to_device(batch, next(pl_module.parameters()).device)
         return self._probe
 
     # ------------------------------------------------------------------ measurement

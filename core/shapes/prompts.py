@@ -121,10 +121,11 @@ def load_eval_prompts(path: str | Path = EVAL_PROMPTS_PATH, tags: list[str] | No
     return [r for r in rows if tags is None or r["tag"] in tags]
 
 
-def sample_training_metadata(rng: np.random.Generator, p_color: float = 0.7) -> dict:
+def sample_training_metadata(rng: np.random.Generator, p_color: float = 0.7, allow_heldout: bool = False) -> dict:
     """One training caption's metadata. Kinds: one object (30%), two objects (20%), a counted group
     of one shape (20%), two objects in a relation (30%); colours named with prob ``p_color``.
-    Never asks for a held-out combination (resampled until it does not)."""
+    Never asks for a held-out combination (resampled until it does not) unless ``allow_heldout``
+    (the validation/test scene distribution)."""
     while True:
         u = rng.random()
         named = rng.random() < p_color
@@ -138,8 +139,8 @@ def sample_training_metadata(rng: np.random.Generator, p_color: float = 0.7) -> 
             meta = counting(s[0], int(rng.integers(2, 5)), c[0])
         else:
             meta = position(s[0], list(RELATIONS)[int(rng.integers(4))], s[1], c[0], c[1])
-        if not is_heldout(meta):
-            return with_caption(meta)
+        if allow_heldout or not is_heldout(meta):
+            return with_caption(meta) | {"heldout": is_heldout(meta)}
 
 
 def write_eval_prompts(path: str | Path = EVAL_PROMPTS_PATH, seed: int = 2024) -> None:

@@ -1,0 +1,168 @@
+"""GenEval on Shapes for any module that generates images from prompts (``generate(prompts, ...)``
+returning (B, 3, H, W) in [0, 1]): the exact evaluator of core.shapes, GenEval's six categories,
+a table of prompts / images / verdicts, a captioned sample grid, and an FID-style distance in the
+in-suite shapes feature net (so reward hacking -- images that pass the evaluator but leave the data
+distribution -- shows up next to the score).
+
+* every ``every_n_val`` validations: ``prompts_per_category`` prompts per category, K images each,
+  at the module's default guidance -> ``geneval/overall``, ``geneval/<category>``;
+* at test end, the whole 553-prompt set (or ``test_prompts_per_category``) at each guidance w in
+  ``test_guidances`` -> ``test/geneval_w{w}/<category>`` with ``_se`` (binomial standard errors),
+  ``overall``, ``heldout`` / ``seen`` (prompts with / without held-out combinations), ``reward``
+  (mean partial credit) and ``test/fid_w{w}``; plus ``test/geneval/floor`` (ground-truth renders
+  judged against other prompts: a perfect text-ignoring generator) and ``test/geneval/ground_truth``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from callbacks.media import log_images, log_table
+from core.features import FeatureNet, train_feature_net
+from core.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
+
+
+class ShapesFeatures(nn.Module):
+    """FeatureNet.features as torchmetrics' ``feature=`` module: (B, 3, H, W) in [-1, 1] -> (B, F)."""
+
+    def __init__(self, net: FeatureNet) -> None:
+        super().__init__()
+        self.net, self.num_features = net, net.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+def subset_per_category(prompts: list[dict], k: int) -> list[dict]:
+    """The first k prompts of each category (all when k <= 0), in the file's order."""
+    if k <= 0:
+        return list(prompts)
+    out, seen = [], {t: 0 for t in TAGS}
+    for p in prompts:
+        if seen[p["tag"]] < k:
+            out.append(p)
+            seen[p["tag"]] += 1
+    return out
+
+
+class GenEvalCallback(L.Callback):
+    def __init__(self, every_n_val: int = 1, prompts_per_category: int = 16, images_per_prompt: int = 1,
+                 test_prompts_per_category: int = 0, test_images_per_prompt: int = 1,
+                 test_guidances: list[float] = (1.0, 3.0), num_steps: int | None = None,
+                 sampler: str | None = None, fid: bool = True, fid_feature_steps: int = 300,
+                 table_rows: int = 48, seed: int = 0) -> None:
+        super().__init__()
+        if images_per_prompt < 1 or test_images_per_prompt < 1:
+            raise ValueError("GenEvalCallback: images_per_prompt and test_images_per_prompt must be >= 1")
+        self.every_n_val, self.k, self.k_test = every_n_val, images_per_prompt, test_images_per_prompt
+        self.prompts_per_category, self.test_prompts_per_category = prompts_per_category, test_prompts_per_category
+        self.test_guidances = [float(g) for g in test_guidances]
+        self.num_steps, self.sampler, self.fid, self.fid_steps = num_steps, sampler, fid, fid_feature_steps
+        self.table_rows, self.seed = table_rows, seed
+        self.n_val = 0
+        self.prompts = load_eval_prompts()
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_val <= 0:
+            return
+        self.n_val += 1
+        if self.n_val % self.every_n_val or not trainer.is_global_zero:
+            return
+        prompts = subset_per_category(self.prompts, self.prompts_per_category)
+        meta, images = self.generate(pl_module, prompts, self.k, guidance=None)
+        scores = geneval_score(images, meta)
+        for tag in [*TAGS, "overall"]:
+            if tag in scores:
+                pl_module.log(f"geneval/{tag}", scores[tag], rank_zero_only=True)
+        self.log_media(trainer, "geneval", images, meta)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        prompts = subset_per_category(self.prompts, self.test_prompts_per_category)
+        size = int(getattr(pl_module, "image_size", 32))
+        truth = ground_truth_images(prompts, seed=self.seed, size=size)
+        metrics = {"test/geneval/ground_truth": geneval_score(truth, prompts)["overall"],
+                   "test/geneval/floor": text_ignoring_floor(truth, prompts, self.seed)}
+        feature_net = self.feature_net(trainer) if self.fid else None
+        for w in self.test_guidances:
+            meta, images = self.generate(pl_module, prompts, self.k_test, guidance=w)
+            key = f"test/geneval_w{w:g}"
+            metrics.update(summarise(key, images, meta))
+            if feature_net is not None:
+                metrics[f"test/fid_w{w:g}"] = fid(feature_net, truth, images)
+            self.log_media(trainer, key.replace("test/", "test_"), images, meta)
+        for name, value in metrics.items():
+            pl_module.log(name, value, rank_zero_only=True)
+
+    def state_dict(self) -> dict:
+        return {"n_val": self.n_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_val = int(state.get("n_val", 0))
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def generate(self, pl_module, prompts: list[dict], k: int, guidance: float | None):
+        if not hasattr(pl_module, "generate"):
+            raise TypeError(f"GenEvalCallback needs a module with generate(prompts, ...); "
+                            f"{type(pl_module).__name__} has none")
+        meta = [p for p in prompts for _ in range(k)]
+        gen = torch.Generator().manual_seed(self.seed)
+        images = pl_module.generate(meta, num_steps=self.num_steps, guidance=guidance, sampler=self.sampler,
+                                    generator=gen)
+        return meta, images.detach().float().cpu()
+
+    def feature_net(self, trainer: L.Trainer) -> FeatureNet | None:
+        dm = trainer.datamodule
+        ds = getattr(dm, "train_set", None) if dm is not None else None
+        if ds is None or "label" not in getattr(ds, "extras", {}):
+            return None
+        with torch.inference_mode(False), torch.enable_grad():  # test hooks run under inference mode
+            return train_feature_net(ds.x.clone(), ds.extras["label"].clone(), steps=self.fid_steps, seed=self.seed)
+
+    def log_media(self, trainer: L.Trainer, key: str, images: torch.Tensor, meta: list[dict]) -> None:
+        ev = evaluate(images, meta)
+        n = min(self.table_rows, len(meta))
+        rows = [[meta[i]["tag"], meta[i]["prompt"], images[i] * 2 - 1, ev.verdict(i)] for i in range(0, len(meta),
+                                                                                            max(1, len(meta) // n))]
+        log_table(trainer, f"{key}/table", ["category", "prompt", "image", "verdict"], rows[:n])
+        pick = list(range(0, len(meta), max(1, len(meta) // 32)))[:32]
+        log_images(trainer, f"{key}/samples", images[pick] * 2 - 1,
+                   [f"{meta[i]['prompt']} [{'pass' if ev.passed[i] else 'fail'}]" for i in pick])
+
+
+def summarise(key: str, images: torch.Tensor, meta: list[dict]) -> dict[str, float]:
+    """GenEval per category with standard errors, held-out / seen split and mean reward."""
+    out = {f"{key}/{name}": v for name, v in geneval_score(images, meta).items()}
+    ev = evaluate(images, meta, strict=False)
+    out[f"{key}/reward"] = float(ev.reward.mean())
+    held = torch.tensor([bool(m.get("heldout")) for m in meta])
+    for name, sel in (("heldout", held), ("seen", ~held)):
+        if sel.any():
+            p = float(ev.passed[sel].float().mean())
+            out[f"{key}/{name}"], out[f"{key}/{name}_se"] = p, math.sqrt(p * (1 - p) / int(sel.sum()))
+    return out
+
+
+def text_ignoring_floor(truth: torch.Tensor, prompts: list[dict], seed: int = 0, repeats: int = 5) -> float:
+    """GenEval of ground-truth renders judged against a random permutation of the prompts (mean
+    over ``repeats`` permutations): what a perfect generator that ignores the text scores."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = [geneval_score(truth[torch.randperm(len(prompts), generator=gen)], prompts)["overall"]
+              for _ in range(repeats)]
+    return float(sum(scores) / len(scores))
+
+
+def fid(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """torchmetrics FID in the shapes feature net's features; images (B, 3, H, W) in [0, 1]."""
+    metric = FrechetInceptionDistance(feature=ShapesFeatures(net.eval()), normalize=True)
+    with torch.no_grad():
+        metric.update(real * 2 - 1, real=True)
+        metric.update(fake * 2 - 1, real=False)
+        return float(metric.compute())

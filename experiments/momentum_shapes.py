@@ -54,15 +54,11 @@ def format_table(tables: dict[str, dict[str, dict[int, list[float]]]]) -> str:
 
 
 def write_table(variants: dict[str, VariantResult], text: str) -> None:
-    dirs = [v.dir for v in variants.values()]
+    """Print the table and write it as table.md next to the variant folders (<output_dir>/<variant>)."""
+    print(text)
+    dirs = [Path(str(v.dir).split("/sweep/")[0]) for v in variants.values()]
     if dirs:
-        out = Path(dirs[0]).parent
-        while out.name == "sweep" or out.parent.name == "sweep" or "@" in out.name:
-            out = out.parent
-        # variant dirs are <output_dir>/<variant>[/sweep/<param=value>]: write next to the variants
-        root = Path(str(dirs[0]).split("/sweep/")[0]).parent
-        (root / "table.md").write_text(text + "\n")
-        print(text)
+        (dirs[0].parent / "table.md").write_text(text + "\n")
 
 
 def beats(table: dict[str, dict[int, list[float]]], better: str, worse: str, nfes: list[int], what: str,

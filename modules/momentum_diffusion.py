@@ -237,9 +237,10 @@ class MomentumDiffusion(GenLabModule):
         val, test = dm.val_set, dm.test_set
         h, nfe = self.hparams, int(self.sample_nfe)
         cands = [c for c in CANDIDATES[self.order] if not (c[0] == "heun" and nfe % 2)]
-        scores = [self._evaluate(val, m, g, seed=1) for m, g in cands]
-        best = min(range(len(cands)), key=lambda i: scores[i][0])
-        metrics = self._evaluate(test, *cands[best], seed=2)[1]
+        scores = [self._evaluate(val, m, g, seed=1)[0] for m, g in cands]
+        best = min(range(len(cands)), key=lambda i: scores[i])
+        _, metrics, samples = self._evaluate(test, *cands[best], seed=2)
+        self._log_media(samples, test, f"{h.process}_nfe{nfe}_{cands[best][0]}_{cands[best][1]}")
         metrics.update({"nfe": float(nfe), "sampler_index": float(best), "a_shift": self.a_shift()})
         if h.task == "shapes":
             metrics["transport"] = self._transport(nfe)
@@ -249,8 +250,8 @@ class MomentumDiffusion(GenLabModule):
         for key, value in metrics.items():
             self.log(f"test/{key}", float(value), rank_zero_only=True)
 
-    def _evaluate(self, ds, method: str, grid: str, seed: int) -> tuple[float, dict]:
-        """(selection score, metrics) of one sampler on a dataset (val for selection, test to report)."""
+    def _evaluate(self, ds, method: str, grid: str, seed: int) -> tuple[float, dict, torch.Tensor]:
+        """(selection score, metrics, samples) of one sampler on a dataset (val for selection, test to report)."""
         h, gen = self.hparams, torch.Generator().manual_seed(seed)
         if h.task == "forecast":
             m = h.forecast_samples
@@ -261,15 +262,48 @@ class MomentumDiffusion(GenLabModule):
             dm = self.trainer.datamodule
             scale = dm.std * (ds.x + ds.extras["last"][:, None]) + dm.mean  # targets in series units
             ncrps = crps * dm.std * ds.x.numel() / scale.abs().sum()
-            return float(crps), {"crps": float(crps), "ncrps": float(ncrps)}
+            return float(crps), {"crps": float(crps), "ncrps": float(ncrps)}, x
         x = self.sample(min(h.eval_samples, 4 * len(ds)), gen, nfe=self.sample_nfe, method=method, grid=grid).x
         x = x.clamp(-1e4, 1e4)  # a diverged low-NFE sampler must give a large finite distance, not NaN
         swd = float(sliced_w2(x, ds.x, generator=torch.Generator().manual_seed(seed)))
         if h.task == "images":
             fd = self._frechet(x.clamp(-1, 1), ds.x)
-            return fd, {"frechet": fd, "sliced_w2": swd}
+            return fd, {"frechet": fd, "sliced_w2": swd}, x
         mmd = float(mmd_rbf(x[:1000], ds.x[:1000]))
-        return swd, {"sliced_w2": swd, "mmd": mmd}
+        return swd, {"sliced_w2": swd, "mmd": mmd}, x
+
+    def _log_media(self, x: torch.Tensor, ds, name: str) -> None:
+        """Sample figure (scatter vs test data, image grid, or forecast fans) through callbacks.media."""
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from callbacks.media import log_figure, log_images
+
+        task = self.hparams.task
+        if task == "images":
+            side = self.hparams.image_side
+            log_images(self.trainer, f"samples/{name}", x[:64].clamp(-1, 1).reshape(-1, 1, side, side))
+            return
+        fig, ax = plt.subplots(figsize=(4, 4) if task == "shapes" else (7, 3))
+        if task == "shapes":
+            ax.scatter(*ds.x[:2000].T, s=1, c="0.7", label="test data")
+            ax.scatter(*x[:2000].T.cpu(), s=1, c="C3", label="samples")
+            ax.legend(loc="upper right", markerscale=5)
+        else:  # forecast fans of the first test window: context, truth, 5-95% band of the samples
+            c, y, q = ds.extras["cond"][0], ds.x[0], torch.quantile(x[:, 0].cpu(), torch.tensor([0.05, 0.5, 0.95]), 0)
+            h = torch.arange(len(c), len(c) + len(y))
+            ax.plot(range(len(c)), c, c="k")
+            ax.plot(h, y, c="k", ls="--", label="truth")
+            ax.fill_between(h, q[0], q[2], color="C3", alpha=0.3, label="5-95%")
+            ax.plot(h, q[1], c="C3", label="median")
+            ax.legend()
+        ax.set_title(name, fontsize=8)
+        log_figure(self.trainer, f"samples/{name}", fig)
+        plt.close(fig)
 
     def _frechet(self, x: torch.Tensor, ref: torch.Tensor) -> float:
         if self._feature_net is None:

@@ -34,7 +34,10 @@ class LinearBetaDDPM:
 
     def __init__(self, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
         if n_steps < 2 or not 0 < beta_start < beta_end < 1:
-            raise ValueError(f"need n_steps >= 2 and 0 < beta_start < beta_end < 1, got {n_steps}, {beta_start}, {beta_end}")
+            raise ValueError(
+                f"need n_steps >= 2 and 0 < beta_start < beta_end < 1, "
+                f"got {n_steps}, {beta_start}, {beta_end}"
+            )
         self.n_steps = n_steps
         self.betas = torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
         self.alphas_bar = torch.cumprod(1.0 - self.betas, dim=0)
@@ -48,7 +51,12 @@ class LinearBetaDDPM:
         """``n_sample_steps`` evenly spaced step indices from N-1 down to 0 (int64, decreasing)."""
         if not 1 <= n_sample_steps <= self.n_steps:
             raise ValueError(f"sample steps must be in 1..{self.n_steps}, got {n_sample_steps}")
-        return torch.linspace(self.n_steps - 1, 0, n_sample_steps, dtype=torch.float64).round().long().unique_consecutive()
+        return (
+            torch.linspace(self.n_steps - 1, 0, n_sample_steps, dtype=torch.float64)
+            .round()
+            .long()
+            .unique_consecutive()
+        )
 
     def respaced(self, steps: torch.Tensor) -> dict[str, torch.Tensor]:
         """beta', abar, abar_prev and beta~ of the respaced chain for decreasing ``steps`` (K,)."""
@@ -59,14 +67,21 @@ class LinearBetaDDPM:
         return {"beta": beta, "abar": abar, "abar_prev": abar_prev, "beta_tilde": beta_tilde}
 
     @staticmethod
-    def posterior(x0: torch.Tensor, xn: torch.Tensor, coef: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        x0: torch.Tensor, xn: torch.Tensor, coef: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, variance) of q(x_prev | x_n, x0) for one respaced step (``coef`` entries are scalars)."""
         beta, abar, abar_prev = float(coef["beta"]), float(coef["abar"]), float(coef["abar_prev"])
-        mean = math.sqrt(abar_prev) * beta / (1 - abar) * x0 + math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar) * xn
+        mean = (
+            math.sqrt(abar_prev) * beta / (1 - abar) * x0
+            + math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar) * xn
+        )
         return mean, torch.full_like(xn, float(coef["beta_tilde"]))
 
     @staticmethod
-    def log_variance(v: torch.Tensor | None, coef: dict[str, torch.Tensor], first_tilde: float) -> torch.Tensor | float:
+    def log_variance(
+        v: torch.Tensor | None, coef: dict[str, torch.Tensor], first_tilde: float
+    ) -> torch.Tensor | float:
         """log var of p(x_prev | x_n): beta~ (fixed small) when v is None, else the learned interpolation.
 
         beta~ of the last step is 0, so, as in improved DDPM, its log uses ``first_tilde`` (beta~ of
@@ -84,12 +99,22 @@ def x0_from_eps(xn: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tenso
 
 def normal_kl(mean1: torch.Tensor, logvar1, mean2: torch.Tensor, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
-    logvar1, logvar2 = torch.as_tensor(logvar1, dtype=mean1.dtype), torch.as_tensor(logvar2, dtype=mean1.dtype)
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
+    logvar1, logvar2 = (
+        torch.as_tensor(logvar1, dtype=mean1.dtype),
+        torch.as_tensor(logvar2, dtype=mean1.dtype),
+    )
+    return 0.5 * (
+        logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1
+    )
 
 
 def vlb_term(
-    schedule: LinearBetaDDPM, x0: torch.Tensor, xn: torch.Tensor, n: torch.Tensor, eps_pred: torch.Tensor, v: torch.Tensor
+    schedule: LinearBetaDDPM,
+    x0: torch.Tensor,
+    xn: torch.Tensor,
+    n: torch.Tensor,
+    eps_pred: torch.Tensor,
+    v: torch.Tensor,
 ) -> torch.Tensor:
     """Per-example variational bound term L_n (nats per dimension) for training the variance head.
 
@@ -99,7 +124,11 @@ def vlb_term(
     x0, xn, eps_pred, v: (B, G); n: (B,).
     """
     abar = schedule.alphas_bar.to(x0.device)[n].to(x0.dtype)[:, None]
-    abar_prev = torch.where(n > 0, schedule.alphas_bar.to(x0.device)[(n - 1).clamp_min(0)], torch.ones_like(n, dtype=torch.float64))
+    abar_prev = torch.where(
+        n > 0,
+        schedule.alphas_bar.to(x0.device)[(n - 1).clamp_min(0)],
+        torch.ones_like(n, dtype=torch.float64),
+    )
     abar_prev = abar_prev.to(x0.dtype)[:, None]
     beta = 1 - abar / abar_prev
     beta_tilde = beta * (1 - abar_prev) / (1 - abar)
@@ -112,7 +141,9 @@ def vlb_term(
     frac = (v.clamp(-1, 1) + 1) / 2
     model_logvar = frac * torch.log(beta) + (1 - frac) * log_small
     kl = normal_kl(true_mean, log_small, model_mean, model_logvar).mean(-1)
-    nll = (0.5 * (math.log(2 * math.pi) + model_logvar + (x0 - model_mean) ** 2 / model_logvar.exp())).mean(-1)
+    nll = (0.5 * (math.log(2 * math.pi) + model_logvar + (x0 - model_mean) ** 2 / model_logvar.exp())).mean(
+        -1
+    )
     return torch.where(n == 0, nll, kl)
 
 

@@ -19,7 +19,9 @@ import torch
 
 def _check_pair(pred: torch.Tensor, true: torch.Tensor) -> None:
     if pred.ndim != 2 or pred.shape != true.shape:
-        raise ValueError(f"expected pred and true of one shape (N, G); got {tuple(pred.shape)} and {tuple(true.shape)}")
+        raise ValueError(
+            f"expected pred and true of one shape (N, G); got {tuple(pred.shape)} and {tuple(true.shape)}"
+        )
 
 
 def pearson_per_gene(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -86,7 +88,8 @@ def energy_distance(samples: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     """
     if samples.ndim != 3 or reference.ndim != 3 or samples.shape[1:] != reference.shape[1:]:
         raise ValueError(
-            f"expected samples (S, N, G) and reference (T, N, G); got {tuple(samples.shape)}, {tuple(reference.shape)}"
+            f"expected samples (S, N, G) and reference (T, N, G); "
+            f"got {tuple(samples.shape)}, {tuple(reference.shape)}"
         )
     if samples.shape[0] < 2 or reference.shape[0] < 2:
         raise ValueError("energy distance needs at least two samples in each set")
@@ -99,7 +102,9 @@ def energy_distance(samples: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     )
 
 
-def point_prediction_metrics(pred: torch.Tensor, true: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200)) -> dict:
+def point_prediction_metrics(
+    pred: torch.Tensor, true: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200)
+) -> dict:
     """``pcc_<k>`` for each k, ``mse`` and ``mae`` of point predictions (N, G)."""
     out = {f"pcc_{k}": pcc_top_k(pred, true, k) for k in ks}
     out["mse"] = mse(pred, true)

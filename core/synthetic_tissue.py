@@ -74,7 +74,9 @@ class TissueModel:
         names += [f"RP{s}" for s in ("L3", "L7", "L13", "S6", "S18", "S27")]
         names += [f"GENE{i:04d}" for i in range(n_genes - len(names))]
         n_rest = n_genes - 10
-        base = torch.cat([torch.full((10,), math.log(25.0)), math.log(1.5) + 0.6 * torch.randn(n_rest, generator=g)])
+        base = torch.cat(
+            [torch.full((10,), math.log(25.0)), math.log(1.5) + 0.6 * torch.randn(n_rest, generator=g)]
+        )
         programme = 0.25 * torch.randn(k, n_genes, generator=g)
         programme[:, :10] *= 0.2
         role = torch.rand(n_rest, generator=g)  # < 0.6 marker, 0.6-0.85 state, > 0.85 noise
@@ -115,7 +117,9 @@ class TissueModel:
 
     @staticmethod
     def from_arrays(gene_names: list[str], arrays: dict) -> TissueModel:
-        missing = {"base", "programme", "state_effect", "state_weight", "state_bias", "dispersion"} - set(arrays)
+        missing = {"base", "programme", "state_effect", "state_weight", "state_bias", "dispersion"} - set(
+            arrays
+        )
         if missing:
             raise KeyError(f"synthetic_tissue parameters lack {sorted(missing)}")
 
@@ -123,8 +127,13 @@ class TissueModel:
             return torch.as_tensor(arrays[key], dtype=torch.float32)
 
         return TissueModel(
-            list(gene_names), t("base"), t("programme"), t("state_effect"), t("state_weight"),
-            float(arrays["state_bias"]), t("dispersion"),
+            list(gene_names),
+            t("base"),
+            t("programme"),
+            t("state_effect"),
+            t("state_weight"),
+            float(arrays["state_bias"]),
+            t("dispersion"),
         )
 
 
@@ -170,7 +179,9 @@ def spot_grid(height: int, width: int, spacing: int, patch_size: int) -> torch.T
 def crop_patches(image: torch.Tensor, centres: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Square crops (N, P, P, C) of ``image`` (H, W, C) centred on ``centres`` (N, 2) as (x, y)."""
     half = patch_size // 2
-    return torch.stack([image[y - half : y - half + patch_size, x - half : x - half + patch_size] for x, y in centres])
+    return torch.stack(
+        [image[y - half : y - half + patch_size, x - half : x - half + patch_size] for x, y in centres]
+    )
 
 
 def spot_composition(field: torch.Tensor, centres: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -202,7 +213,9 @@ def sample_counts(
     model: TissueModel, composition: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One draw per spot: (counts (N, G), hidden state (N,) int64)."""
-    state = (torch.rand(composition.shape[0], generator=generator) < state_probability(model, composition)).long()
+    state = (
+        torch.rand(composition.shape[0], generator=generator) < state_probability(model, composition)
+    ).long()
     return _nb_sample(mean_counts(model, composition, state), model.dispersion, generator), state
 
 
@@ -263,8 +276,9 @@ def conditional_moments(
         genes = order[g0 : g0 + genes_per_group]
         top = int(n_max[genes].max())
         for s in range(0, composition.shape[0], chunk):
-            part = _mixture_moments(p1[s : s + chunk], m0[s : s + chunk, genes], m1[s : s + chunk, genes],
-                                    r[genes], top)
+            part = _mixture_moments(
+                p1[s : s + chunk], m0[s : s + chunk, genes], m1[s : s + chunk, genes], r[genes], top
+            )
             for key, value in part.items():
                 out[key][s : s + chunk, genes] = value
     return {key: value.float() for key, value in out.items()}
@@ -391,8 +405,15 @@ def write_synthetic_dataset(
         else:
             write_visium_slide(root, slide_id, model, slide, patch_size)
         compositions.append(slide.composition)
-        rows.append({"id": slide_id, "organ": "synthetic", "species": "Homo sapiens",
-                     "st_technology": "Visium", "spots_under_tissue": len(slide.centres)})
+        rows.append(
+            {
+                "id": slide_id,
+                "organ": "synthetic",
+                "species": "Homo sapiens",
+                "st_technology": "Visium",
+                "spots_under_tissue": len(slide.centres),
+            }
+        )
     if layout == "hest":
         pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     summary = bayes_optimal_errors(model, torch.cat(compositions))

@@ -109,12 +109,16 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
         super().__init__()
         data_dir = data_dir or fallback_dir  # fallback_dir: the generated folder used when no path is given
         if not data_dir:
-            raise SpatialDataError("data.data_dir: empty; give a HEST-1k or Visium folder (the experiments "
-                                   "fall back to a synthetic one from hest_synthetic_data)")
+            raise SpatialDataError(
+                "data.data_dir: empty; give a HEST-1k or Visium folder (the experiments "
+                "fall back to a synthetic one from hest_synthetic_data)"
+            )
         if encoder not in ENCODERS:
             raise SpatialDataError(f"data.encoder: {encoder!r} unknown; choose one of {ENCODERS}")
         if encoder == "torchvision" and not encoder_weights:
-            raise SpatialDataError("data.encoder_weights: encoder=torchvision needs a state_dict file (no downloads)")
+            raise SpatialDataError(
+                "data.encoder_weights: encoder=torchvision needs a state_dict file (no downloads)"
+            )
         self.data_dir, self.layout, self.metadata_csv = Path(data_dir), layout, metadata_csv
         self.genes_given = list(genes) if genes else None
         self.n_genes = len(self.genes_given) if self.genes_given else n_genes
@@ -148,7 +152,10 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
                 raise SpatialDataError(f"data.val_slides/test_slides: {unknown} not among slides {ids}")
             train = [i for i in ids if i not in val and i not in test]
         else:
-            order = [ids[i] for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(self.split_seed))]
+            order = [
+                ids[i]
+                for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(self.split_seed))
+            ]
             n_test, n_val = self.n_test_slides, self.n_val_slides
             test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
         if not train or not val or not test:
@@ -159,7 +166,9 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
         return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
     def _source(self, slide_id: str) -> str:
-        return str(self.data_dir / slide_id if self.layout == "visium" else self.data_dir / "st" / f"{slide_id}.h5ad")
+        return str(
+            self.data_dir / slide_id if self.layout == "visium" else self.data_dir / "st" / f"{slide_id}.h5ad"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -174,10 +183,13 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
         truths = [s.truth for s in slides.values()]
         if all(t is not None for t in truths) and all(s.composition is not None for s in slides.values()):
             full = TissueModel.from_arrays(slides[ids[0]].genes, truths[0])
-            self.tissue_model = _restrict(full, panel_columns(slides[ids[0]], self.gene_panel, self._source(ids[0])))
+            self.tissue_model = _restrict(
+                full, panel_columns(slides[ids[0]], self.gene_panel, self._source(ids[0]))
+            )
         for name, members in self.split_slides.items():
-            self.splits[name] = SpotDataset(self._tensors(name, [slides[i] for i in members]),
-                                            augment=self.augment and name == "train")
+            self.splits[name] = SpotDataset(
+                self._tensors(name, [slides[i] for i in members]), augment=self.augment and name == "train"
+            )
         train_y = self.splits["train"].tensors["target"]
         self.target_mean, self.target_std = train_y.mean(0), train_y.std(0).clamp_min(1e-3)
 
@@ -200,13 +212,17 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
 
     def _embeddings(self, slide: Slide) -> torch.Tensor:
         if self.encoder == "precomputed":
-            return read_precomputed_embeddings(self.data_dir / self.embeddings_subdir / f"{slide.slide_id}.h5", slide)
+            return read_precomputed_embeddings(
+                self.data_dir / self.embeddings_subdir / f"{slide.slide_id}.h5", slide
+            )
         weights = Path(self.encoder_weights)
         if not weights.exists():
             raise SpatialDataError(f"{weights}: data.encoder_weights file not found")
         stat = weights.stat()
-        key = hashlib.sha1(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.patch_size}|"
-                           f"{len(slide.barcodes)}".encode()).hexdigest()[:12]
+        key = hashlib.sha1(
+            f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.patch_size}|"
+            f"{len(slide.barcodes)}".encode()
+        ).hexdigest()[:12]
         path = self.cache_dir / f"{slide.slide_id}__{self.backbone}__{key}.pt"
         if path.exists():
             return torch.load(path, weights_only=True)
@@ -234,9 +250,15 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = self.splits[split]
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=shuffle, generator=gen,
-                          drop_last=shuffle and len(ds) > batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=min(batch_size, len(ds)),
+            shuffle=shuffle,
+            generator=gen,
+            drop_last=shuffle and len(ds) > batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)
@@ -251,8 +273,15 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
 def _restrict(model: TissueModel, cols: list[int]) -> TissueModel:
     """The ground-truth model on the panel genes only (genes are conditionally independent given
     (pi, z), so dropping genes leaves the others' conditional law unchanged)."""
-    return TissueModel([model.gene_names[c] for c in cols], model.base[cols], model.programme[:, cols],
-                       model.state_effect[cols], model.state_weight, model.state_bias, model.dispersion[cols])
+    return TissueModel(
+        [model.gene_names[c] for c in cols],
+        model.base[cols],
+        model.programme[:, cols],
+        model.state_effect[cols],
+        model.state_weight,
+        model.state_bias,
+        model.dispersion[cols],
+    )
 
 
 def read_precomputed_embeddings(path: Path, slide: Slide) -> torch.Tensor:
@@ -260,7 +289,9 @@ def read_precomputed_embeddings(path: Path, slide: Slide) -> torch.Tensor:
     import h5py
 
     if not path.exists():
-        raise SpatialDataError(f"{path}: file not found (encoder=precomputed expects 'embeddings' and 'barcode')")
+        raise SpatialDataError(
+            f"{path}: file not found (encoder=precomputed expects 'embeddings' and 'barcode')"
+        )
     with h5py.File(path, "r") as f:
         for field in ("embeddings", "barcode"):
             if field not in f:
@@ -268,17 +299,23 @@ def read_precomputed_embeddings(path: Path, slide: Slide) -> torch.Tensor:
         emb = torch.as_tensor(f["embeddings"][:], dtype=torch.float32)
         barcodes = [b.decode() for b in f["barcode"][:].reshape(-1)]
     if emb.ndim not in (2, 3) or len(emb) != len(barcodes):
-        raise SpatialDataError(f"{path}: 'embeddings' {tuple(emb.shape)} must be (N, D) or (N, A, D) with N = "
-                               f"{len(barcodes)} barcodes")
+        raise SpatialDataError(
+            f"{path}: 'embeddings' {tuple(emb.shape)} must be (N, D) or (N, A, D) with N = "
+            f"{len(barcodes)} barcodes"
+        )
     where = {b: i for i, b in enumerate(barcodes)}
     missing = [b for b in slide.barcodes if b not in where]
     if missing:
-        raise SpatialDataError(f"{path}: 'barcode' lacks {len(missing)} spots of slide {slide.slide_id}, e.g. {missing[:3]}")
+        raise SpatialDataError(
+            f"{path}: 'barcode' lacks {len(missing)} spots of slide {slide.slide_id}, e.g. {missing[:3]}"
+        )
     return emb[[where[b] for b in slide.barcodes]]
 
 
 @torch.no_grad()
-def torchvision_embeddings(patches: torch.Tensor, backbone: str, weights: Path, batch: int = 256) -> torch.Tensor:
+def torchvision_embeddings(
+    patches: torch.Tensor, backbone: str, weights: Path, batch: int = 256
+) -> torch.Tensor:
     """(N, 8, D) pooled features of a frozen torchvision ``backbone`` for the 8 dihedral views of
     ``patches`` (N, 3, P, P) uint8, with ImageNet normalisation; the classifier head is removed."""
     import torchvision
@@ -296,6 +333,9 @@ def torchvision_embeddings(patches: torch.Tensor, backbone: str, weights: Path, 
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     views = []
     for k in range(8):
-        feats = [net((dihedral(patches[i : i + batch].float() / 255, k) - mean) / std) for i in range(0, len(patches), batch)]
+        feats = [
+            net((dihedral(patches[i : i + batch].float() / 255, k) - mean) / std)
+            for i in range(0, len(patches), batch)
+        ]
         views.append(torch.cat(feats).flatten(1))
     return torch.stack(views, dim=1)

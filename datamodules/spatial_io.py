@@ -61,7 +61,9 @@ def _read_h5ad(path: Path):
         raise SpatialDataError(f"{path}: obsm['spatial'] missing; expected spot centres (N, 2) in pixels")
     spatial = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     if spatial.ndim != 2 or spatial.shape[1] < 2 or spatial.shape[0] != adata.n_obs:
-        raise SpatialDataError(f"{path}: obsm['spatial'] has shape {spatial.shape}; expected ({adata.n_obs}, 2)")
+        raise SpatialDataError(
+            f"{path}: obsm['spatial'] has shape {spatial.shape}; expected ({adata.n_obs}, 2)"
+        )
     return adata, spatial[:, :2]
 
 
@@ -86,11 +88,15 @@ def read_hest_slide(data_dir: Path, slide_id: str) -> Slide:
     patch_path = data_dir / "patches" / f"{slide_id}.h5"
     adata, spatial = _read_h5ad(st_path)
     if not patch_path.exists():
-        raise SpatialDataError(f"{patch_path}: file not found (expected HEST patches with 'img' and 'coords')")
+        raise SpatialDataError(
+            f"{patch_path}: file not found (expected HEST patches with 'img' and 'coords')"
+        )
     with h5py.File(patch_path, "r") as f:
         for field in ("img", "coords"):
             if field not in f:
-                raise SpatialDataError(f"{patch_path}: dataset '{field}' missing; a HEST patch file has 'img' and 'coords'")
+                raise SpatialDataError(
+                    f"{patch_path}: dataset '{field}' missing; a HEST patch file has 'img' and 'coords'"
+                )
         img, coords = f["img"][:], f["coords"][:]
         patch_barcodes = [b.decode() for b in f["barcode"][:].reshape(-1)] if "barcode" in f else None
     if img.ndim != 4 or img.shape[-1] != 3 or coords.shape != (img.shape[0], 2):
@@ -136,11 +142,15 @@ def read_visium_slide(folder: Path, patch_diameters: float = 2.0) -> Slide:
     from PIL import Image
 
     h5ads = sorted(folder.glob("*.h5ad"))
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    images = (
+        sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    )
     if len(h5ads) != 1:
         raise SpatialDataError(f"{folder}: expected exactly one *.h5ad, found {len(h5ads)}")
     if len(images) != 1:
-        raise SpatialDataError(f"{folder}: expected exactly one full-resolution image {IMAGE_SUFFIXES}, found {len(images)}")
+        raise SpatialDataError(
+            f"{folder}: expected exactly one full-resolution image {IMAGE_SUFFIXES}, found {len(images)}"
+        )
     sf_path = folder / "scalefactors_json.json"
     if not sf_path.exists():
         raise SpatialDataError(f"{sf_path}: file not found (expected Visium scale factors)")

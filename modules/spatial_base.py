@@ -29,8 +29,18 @@ def section(given: dict | None, defaults: dict, name: str) -> dict:
 class SpatialPredictor(GenLabModule):
     """Base class; subclasses implement ``compute_loss`` and ``predict_spots``."""
 
-    def __init__(self, n_genes: int, encoder: str, embedding_dim: int, cond_dim: int, cnn_width: int,
-                 lr: float, weight_decay: float, warmup_steps: int, truth_samples: int) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        encoder: str,
+        embedding_dim: int,
+        cond_dim: int,
+        cnn_width: int,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        truth_samples: int,
+    ) -> None:
         super().__init__()
         self.encoder = PatchEncoder(encoder, embedding_dim, cond_dim, cnn_width)
         self.register_buffer("target_mean", torch.zeros(n_genes))
@@ -47,8 +57,10 @@ class SpatialPredictor(GenLabModule):
             return
         dm.setup(stage)
         if len(dm.gene_panel) != self.hparams.n_genes:
-            raise ValueError(f"module.n_genes={self.hparams.n_genes} but the data panel has {len(dm.gene_panel)} genes; "
-                             "set module.n_genes to data.n_genes")
+            raise ValueError(
+                f"module.n_genes={self.hparams.n_genes} but the data panel has {len(dm.gene_panel)} genes; "
+                "set module.n_genes to data.n_genes"
+            )
         self.target_mean.copy_(dm.target_mean)
         self.target_std.copy_(dm.target_std)
 
@@ -108,7 +120,9 @@ class SpatialPredictor(GenLabModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+        total = (
+            int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+        )
         warm = max(min(h.warmup_steps, total // 10), 1)
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 10%

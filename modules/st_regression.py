@@ -35,8 +35,17 @@ class STRegression(SpatialPredictor):
         stem: dict | None = None,
         regression: dict | None = None,
     ) -> None:
-        super().__init__(n_genes, encoder, embedding_dim, cond_dim, cnn_width, lr, weight_decay, warmup_steps,
-                         truth_samples)
+        super().__init__(
+            n_genes,
+            encoder,
+            embedding_dim,
+            cond_dim,
+            cnn_width,
+            lr,
+            weight_decay,
+            warmup_steps,
+            truth_samples,
+        )
         self.save_hyperparameters()
         cfg = section(regression, REGRESSION_DEFAULTS, "regression")
         layers: list[nn.Module] = []

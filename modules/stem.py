@@ -22,9 +22,19 @@ from core.samplers import SampleResult
 from modules.nets.gene_dit import GeneDiT
 from modules.spatial_base import SpatialPredictor, section
 
-STEM_DEFAULTS = {"width": 64, "depth": 3, "heads": 4, "mlp_ratio": 4.0, "learn_sigma": False,
-                 "diffusion_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-                 "sample_steps": 50, "num_samples": 20, "vlb_weight": 0.001}
+STEM_DEFAULTS = {
+    "width": 64,
+    "depth": 3,
+    "heads": 4,
+    "mlp_ratio": 4.0,
+    "learn_sigma": False,
+    "diffusion_steps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "sample_steps": 50,
+    "num_samples": 20,
+    "vlb_weight": 0.001,
+}
 
 
 class Stem(SpatialPredictor):
@@ -49,14 +59,30 @@ class Stem(SpatialPredictor):
         stem: dict | None = None,
         regression: dict | None = None,
     ) -> None:
-        super().__init__(n_genes, encoder, embedding_dim, cond_dim, cnn_width, lr, weight_decay, warmup_steps,
-                         truth_samples)
+        super().__init__(
+            n_genes,
+            encoder,
+            embedding_dim,
+            cond_dim,
+            cnn_width,
+            lr,
+            weight_decay,
+            warmup_steps,
+            truth_samples,
+        )
         self.save_hyperparameters()
         cfg = section(stem, STEM_DEFAULTS, "stem")
         self.cfg = cfg
         self.schedule = LinearBetaDDPM(cfg["diffusion_steps"], cfg["beta_start"], cfg["beta_end"])
-        self.net = GeneDiT(n_genes, self.encoder.out_dim, cfg["width"], cfg["depth"], cfg["heads"],
-                           cfg["mlp_ratio"], cfg["learn_sigma"])
+        self.net = GeneDiT(
+            n_genes,
+            self.encoder.out_dim,
+            cfg["width"],
+            cfg["depth"],
+            cfg["heads"],
+            cfg["mlp_ratio"],
+            cfg["learn_sigma"],
+        )
         # evaluation settings as attributes, so an eval sweep can vary them after training
         self.sample_steps, self.num_samples = int(cfg["sample_steps"]), int(cfg["num_samples"])
 
@@ -78,12 +104,21 @@ class Stem(SpatialPredictor):
         eps_pred, v = self.net(xn, n, self.encoder(batch))
         loss = ((eps_pred - eps) ** 2).mean()
         if v is not None:
-            loss = loss + self.cfg["vlb_weight"] * vlb_term(self.schedule, x0, xn, n, eps_pred.detach(), v).mean()
+            loss = (
+                loss
+                + self.cfg["vlb_weight"] * vlb_term(self.schedule, x0, xn, n, eps_pred.detach(), v).mean()
+            )
         return loss
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               batch: dict | None = None, steps: int | None = None) -> SampleResult:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        batch: dict | None = None,
+        steps: int | None = None,
+    ) -> SampleResult:
         """``n`` draws of the expression of every spot of ``batch`` (its image or embedding):
         ``SampleResult.x`` is (n, B, G) in log2(count + 1) units."""
         if batch is None:
@@ -97,12 +132,19 @@ class Stem(SpatialPredictor):
             b = cond.shape[0]
             cond = cond.repeat(n, 1)
             calls = self.nfe.calls
-            x = strided_ancestral_sample(lambda x, k: self.net(x, k, cond), self.schedule,
-                                         (n * b, self.hparams.n_genes), steps or self.sample_steps,
-                                         generator=generator, device=self.device, counter=self.nfe)
+            x = strided_ancestral_sample(
+                lambda x, k: self.net(x, k, cond),
+                self.schedule,
+                (n * b, self.hparams.n_genes),
+                steps or self.sample_steps,
+                generator=generator,
+                device=self.device,
+                counter=self.nfe,
+            )
             x = self.unstandardize(x.to(self.device)).reshape(n, b, -1)
-            return SampleResult(x=x, times=self.schedule.strided_steps(steps or self.sample_steps),
-                                nfe=self.nfe.calls - calls)
+            return SampleResult(
+                x=x, times=self.schedule.strided_steps(steps or self.sample_steps), nfe=self.nfe.calls - calls
+            )
         finally:
             self.train(was_training)
 

@@ -55,7 +55,9 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -71,8 +73,17 @@ class GeneDiT(nn.Module):
     v (B, G) (or None without ``learn_sigma``).
     """
 
-    def __init__(self, n_genes: int, cond_dim: int, width: int = 64, depth: int = 3, heads: int = 4,
-                 mlp_ratio: float = 4.0, learn_sigma: bool = False, freq_dim: int = 128) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        cond_dim: int,
+        width: int = 64,
+        depth: int = 3,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        learn_sigma: bool = False,
+        freq_dim: int = 128,
+    ) -> None:
         super().__init__()
         self.learn_sigma, self.freq_dim = learn_sigma, freq_dim
         self.gene_embed = nn.Parameter(torch.empty(n_genes, width))
@@ -103,7 +114,9 @@ class GeneDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, n: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, n: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.value_embed(x[..., None]) + self.gene_embed
         c = self.time_embed(timestep_embedding(n, self.freq_dim)) + self.cond_embed(cond)
         for block in self.blocks:

@@ -15,7 +15,8 @@ ENCODERS = ("image", "embedding")
 
 
 class PatchCNN(nn.Module):
-    """Four stride-2 conv stages with GroupNorm and SiLU, global average pool, linear: (B, 3, P, P) -> (B, out)."""
+    """Four stride-2 conv stages with GroupNorm and SiLU, global average pool, linear:
+    (B, 3, P, P) -> (B, out)."""
 
     def __init__(self, out_dim: int = 128, width: int = 32) -> None:
         super().__init__()
@@ -32,7 +33,9 @@ class PatchCNN(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    def __init__(self, encoder: str = "image", embedding_dim: int = 0, out_dim: int = 128, cnn_width: int = 32) -> None:
+    def __init__(
+        self, encoder: str = "image", embedding_dim: int = 0, out_dim: int = 128, cnn_width: int = 32
+    ) -> None:
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"module.encoder: {encoder!r} unknown; choose one of {ENCODERS}")
@@ -45,6 +48,8 @@ class PatchEncoder(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         key = "image" if self.encoder == "image" else "embedding"
         if key not in batch:
-            raise KeyError(f"module.encoder={self.encoder} needs batch[{key!r}]; set data.encoder to match "
-                           f"(image for patches, precomputed/torchvision for embeddings)")
+            raise KeyError(
+                f"module.encoder={self.encoder} needs batch[{key!r}]; set data.encoder to match "
+                f"(image for patches, precomputed/torchvision for embeddings)"
+            )
         return self.net(batch[key])

@@ -61,8 +61,14 @@ def _gaussian_eps_oracle(s, m, sd):
 def test_strided_sampler_with_exact_eps_recovers_gaussian(steps):
     s = LinearBetaDDPM(1000)
     counter = EvalCounter()
-    x = strided_ancestral_sample(_gaussian_eps_oracle(s, 2.0, 0.5), s, (20000, 1), steps,
-                                 torch.Generator().manual_seed(0), counter=counter)
+    x = strided_ancestral_sample(
+        _gaussian_eps_oracle(s, 2.0, 0.5),
+        s,
+        (20000, 1),
+        steps,
+        torch.Generator().manual_seed(0),
+        counter=counter,
+    )
     assert counter.calls == steps and counter.items == 20000 * steps
     assert float(x.mean()) == pytest.approx(2.0, abs=0.02)
     assert float(x.std()) == pytest.approx(0.5, rel=0.06)

@@ -50,7 +50,9 @@ def test_conditional_moments_match_brute_force_pmf(model):
         mix = 0.0
         for z, w in ((0, 1 - p1[s]), (1, p1[s])):
             m = mean_counts(model, comp[s : s + 1], torch.tensor([z]))[0].double()
-            nb = torch.distributions.NegativeBinomial(model.dispersion.double(), probs=m / (m + model.dispersion))
+            nb = torch.distributions.NegativeBinomial(
+                model.dispersion.double(), probs=m / (m + model.dispersion)
+            )
             mix = mix + w * nb.log_prob(n[:, None]).exp()  # (M, G)
         mean = (mix * y[:, None]).sum(0)
         var = (mix * y[:, None] ** 2).sum(0) - mean**2
@@ -97,7 +99,9 @@ def test_spot_grid_patches_fit_and_rows_are_hex_offset():
     assert int(centres[:, 0].min()) >= 16 and int(centres[:, 0].max()) <= 120 - 16
     assert int(centres[:, 1].min()) >= 16 and int(centres[:, 1].max()) <= 100 - 16
     rows = centres[:, 1].unique()
-    assert int(centres[centres[:, 1] == rows[1], 0].min()) - int(centres[centres[:, 1] == rows[0], 0].min()) == 8
+    assert (
+        int(centres[centres[:, 1] == rows[1], 0].min()) - int(centres[centres[:, 1] == rows[0], 0].min()) == 8
+    )
     with pytest.raises(ValueError, match="no spot fits"):
         spot_grid(10, 10, 16, 32)
 

@@ -25,7 +25,9 @@ def visium_dir(tmp_path_factory):
 
 
 def _dm(root, **kw):
-    args = dict(data_dir=str(root), n_genes=20, n_hvg_per_slide=30, n_top_genes=30, patch_size=16, batch_size=8)
+    args = dict(
+        data_dir=str(root), n_genes=20, n_hvg_per_slide=30, n_top_genes=30, patch_size=16, batch_size=8
+    )
     args.update(kw)
     dm = SpatialTranscriptomicsDataModule(**args)
     dm.setup()
@@ -58,7 +60,9 @@ def test_hest_loader_reads_generator_files(hest_dir):
 def test_visium_crops_equal_hest_patches(hest_dir, visium_dir):
     hest = read_hest_slide(hest_dir, "SYN001")
     dm = _dm(visium_dir, layout="visium", val_slides=["SYN000"], test_slides=["SYN001"])
-    torch.testing.assert_close(dm.split_tensors("test")["image"], torch.from_numpy(hest.patches).permute(0, 3, 1, 2))
+    torch.testing.assert_close(
+        dm.split_tensors("test")["image"], torch.from_numpy(hest.patches).permute(0, 3, 1, 2)
+    )
 
 
 def test_given_panel_and_split(hest_dir):
@@ -136,7 +140,9 @@ def test_precomputed_embeddings_are_matched_by_barcode(hest_dir, tmp_path):
             f["barcode"] = np.array(slide.barcodes, dtype="S")[rev][:, None]
     dm = _dm(root, encoder="precomputed")
     test = dm.split_tensors("test")["embedding"]
-    assert test.shape[1:] == (3, 5) and torch.equal(test[:, 0, 0], torch.arange(len(test), dtype=torch.float32))
+    assert test.shape[1:] == (3, 5) and torch.equal(
+        test[:, 0, 0], torch.arange(len(test), dtype=torch.float32)
+    )
     assert dm.embedding_dim == 5
     assert next(iter(dm.test_dataloader()))["embedding"].shape[-1] == 5
     with h5py.File(root / "embeddings" / "SYN001.h5", "a") as f:
@@ -164,8 +170,14 @@ def test_torchvision_embeddings_are_cached_per_slide(hest_dir, tmp_path):
 
 def _slide(counts, genes):
     n = len(counts)
-    return Slide("s", genes, [str(i) for i in range(n)], counts.astype(np.float32), np.zeros((n, 2)),
-                 np.zeros((n, 2, 2, 3), np.uint8))
+    return Slide(
+        "s",
+        genes,
+        [str(i) for i in range(n)],
+        counts.astype(np.float32),
+        np.zeros((n, 2)),
+        np.zeros((n, 2, 2, 3), np.uint8),
+    )
 
 
 def test_gene_panel_drops_mito_ribo_and_flat_genes():

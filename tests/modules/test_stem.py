@@ -27,12 +27,17 @@ def test_gene_tokens_have_no_positions_so_the_net_is_permutation_equivariant():
 
 
 def _batch(b=5, g=8):
-    return {"image": torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8), "target": torch.rand(b, g) * 3,
-            "index": torch.arange(b)}
+    return {
+        "image": torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8),
+        "target": torch.rand(b, g) * 3,
+        "index": torch.arange(b),
+    }
 
 
 def test_stem_sample_shape_nfe_and_loss():
-    model = Stem(n_genes=8, cond_dim=8, cnn_width=8, stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 4})
+    model = Stem(
+        n_genes=8, cond_dim=8, cnn_width=8, stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 4}
+    )
     out = model.sample(3, generator=torch.Generator().manual_seed(0), batch=_batch())
     assert out.x.shape == (3, 5, 8) and out.nfe == 4
     loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
@@ -51,8 +56,12 @@ def test_regression_samples_are_point_plus_residual_noise():
 
 
 def test_stem_with_learned_variance_trains_and_samples():
-    model = Stem(n_genes=8, cond_dim=8, cnn_width=8,
-                 stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 3, "learn_sigma": True})
+    model = Stem(
+        n_genes=8,
+        cond_dim=8,
+        cnn_width=8,
+        stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 3, "learn_sigma": True},
+    )
     loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
     loss.backward()
     assert torch.isfinite(loss) and model.net.out.weight.grad is not None

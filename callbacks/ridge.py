@@ -266,6 +266,8 @@ class RidgeCallback(L.Callback):
         last = trainer.max_steps > 0 and step >= trainer.max_steps
         if trainer.sanity_checking or step == self._last_step or not (due or last):
             return
+        if not getattr(pl_module, "ridge_ready", True):  # e.g. a latent model still training its VAE
+            return
         self._last_step = step
         self.measure(trainer, pl_module)
 

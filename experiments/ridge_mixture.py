@@ -11,7 +11,9 @@ gap), and the reach / align / slide times of core.phases on the drift part of ea
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -94,7 +96,14 @@ def run_job(
     gen = torch.Generator().manual_seed(seed + 1)
     batch = model.training_batch(train, n_mc, gen)
     if fit == "closed_form":
-        U, V = model.feature_moments(*batch)
+        # The moments depend on everything but tau: variants differing only in tau share them.
+        key = json.dumps([width, seed, n_mc, data, T, t_min, n_freq, time_sampling, init_std], sort_keys=True)
+        cache = Path(output_dir).parent / f"rf_moments_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        if cache.exists():
+            U, V = torch.load(cache, weights_only=True)
+        else:
+            U, V = model.feature_moments(*batch)
+            torch.save((U, V), cache)
         model.set_gradient_flow(U, V, tau)
     else:
         if math.isinf(tau):
@@ -172,20 +181,36 @@ def run_job(
     return metrics
 
 
-def _pick(variants: dict[str, VariantResult], width: float, tau_inf: bool, tau: float | None = None):
+def _group(variants: dict[str, VariantResult], width: float, tau_inf: bool, tau: float | None = None):
+    """All seeds of one (width, tau) cell."""
+    out = []
     for v in variants.values():
         m = v.metrics
-        if (
-            m.get("config/width") == width
-            and bool(m.get("config/tau_is_inf")) == tau_inf
-            and (tau is None or m.get("config/tau") == tau)
-        ):
-            return v
-    return None
+        if m.get("config/width") == width and bool(m.get("config/tau_is_inf")) == tau_inf:
+            if tau is None or m.get("config/tau") == tau:
+                out.append(v)
+    return out
 
 
-def _se(p: float, n: float) -> float:
-    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+def _mean_se(group: list[VariantResult], key: str) -> tuple[float, float]:
+    """Mean over seeds and its standard error (binomial SE of a fraction when there is one seed)."""
+    vals = torch.tensor([v.metrics[key] for v in group], dtype=torch.float64)
+    mean = float(vals.mean())
+    if len(vals) > 1:
+        return mean, float(vals.std() / math.sqrt(len(vals)))
+    n = group[0].metrics["test/n_samples"]
+    return mean, math.sqrt(max(mean * (1 - mean), 1e-12) / n)
+
+
+def _compare(a_group, b_group, key: str) -> tuple[float, float, float, str]:
+    (a, sa), (b, sb) = _mean_se(a_group, key), _mean_se(b_group, key)
+    se = math.hypot(sa, sb)
+    how = (
+        f"mean over {len(a_group)} and {len(b_group)} seeds, SE from the seed spread"
+        if min(len(a_group), len(b_group)) > 1
+        else "one seed each, binomial SE"
+    )
+    return a, b, se, how
 
 
 def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
@@ -193,62 +218,68 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     widths = sorted({m["config/width"] for m in ms})
     finite_taus = sorted({m["config/tau"] for m in ms if not m["config/tau_is_inf"]})
     out: dict[str, Claim] = {}
-    big = _pick(variants, widths[-1], True)
-    if big is None:
+    big = _group(variants, widths[-1], True)
+    if not big:
         out["aligns_then_slides"] = Claim.uncomputable(
             "needs the variant at the largest width with tau = inf"
         )
     else:
-        m = big.metrics
-        ordered = bool(m["test/phases_ordered"])
-        offset_ok = m["test/normal_offset_rel"] < 0.05
-        slide_ok = m["test/last20_tangent_share"] > m["test/last20_normal_share"]
-        out["aligns_then_slides"] = Claim(
-            ordered and offset_ok and slide_ok,
-            m["test/normal_offset_rel"],
-            0.05,
-            f"variant {big.name}: phase times (sampling t) reach {m.get('test/t_reach')}, align "
-            f"{m.get('test/t_align')} (ends {m.get('test/t_align_end')}), slide {m.get('test/t_slide')}; "
-            "ordered = "
-            f"{ordered}; median normal offset / mode spacing = {m['test/normal_offset_rel']:.4g} "
-            f"(< 0.05: {offset_ok}) "
-            f"at ridge time t = {m['test/ridge_time']:.4g} (median relative eigengap at the modes "
-            f"{m['test/eigengap_train']:.3g}, at the samples {m['test/eigengap_samples']:.3g}); last 20% of "
-            f"analysed steps: tangent share {m['test/last20_tangent_share']:.3f} vs normal "
-            f"{m['test/last20_normal_share']:.3f}; thresholds {dict(cfg.job.thresholds)}; "
-            f"n = {int(m['test/n_samples'])} samples, phases on {cfg.job.n_traj} trajectories",
+        per_seed = []
+        for v in big:
+            m = v.metrics
+            per_seed.append(
+                f"{v.name}: reach t={m.get('test/t_reach')}, align t={m.get('test/t_align')} (ends "
+                f"{m.get('test/t_align_end')}), slide t={m.get('test/t_slide')}, offset/spacing "
+                f"{m['test/normal_offset_rel']:.4g}, last-20% tangent {m['test/last20_tangent_share']:.3f} "
+                "vs "
+                f"normal {m['test/last20_normal_share']:.3f}"
+            )
+        ordered = all(bool(v.metrics["test/phases_ordered"]) for v in big)
+        offset = sum(v.metrics["test/normal_offset_rel"] for v in big) / len(big)
+        slide_ok = all(
+            v.metrics["test/last20_tangent_share"] > v.metrics["test/last20_normal_share"] for v in big
         )
-    small_tau = _pick(variants, widths[-1], False, finite_taus[0]) if finite_taus else None
-    if big is None or small_tau is None:
+        m0 = big[0].metrics
+        out["aligns_then_slides"] = Claim(
+            ordered and offset < 0.05 and slide_ok,
+            offset,
+            0.05,
+            f"width {int(widths[-1])}, tau = inf, every seed: phases ordered reach <= align < slide: "
+            f"{ordered}; "
+            f"mean median normal offset / mode spacing {offset:.4g} (< 0.05) at ridge time t = "
+            f"{m0['test/ridge_time']:.4g} (median relative eigengap at d* {m0['test/eigengap_train']:.3g} at "
+            "the "
+            f"modes, {m0['test/eigengap_samples']:.3g} at the samples); tangent share > normal share over"
+            " the last "
+            f"20% of analysed steps: {slide_ok}; thresholds {dict(cfg.job.thresholds)}; "
+            f"n = {int(m0['test/n_samples'])} samples, phases on {cfg.job.n_traj} trajectories. "
+            + "; ".join(per_seed),
+        )
+    small_tau = _group(variants, widths[-1], False, finite_taus[0]) if finite_taus else []
+    key = "test/inter_mode_fraction"
+    if not big or not small_tau:
         out["less_training_more_intermode"] = Claim.uncomputable(
             "needs the largest width at tau = inf and at a finite tau"
         )
     else:
-        a, b = small_tau.metrics["test/inter_mode_fraction"], big.metrics["test/inter_mode_fraction"]
-        n = big.metrics["test/n_samples"]
-        se = math.hypot(_se(a, n), _se(b, n))
+        a, b, se, how = _compare(small_tau, big, key)
         out["less_training_more_intermode"] = Claim(
             a - b > 2 * se,
             a,
             b,
-            f"inter-mode fraction at width {int(widths[-1])}: tau = {finite_taus[0]:g} ({small_tau.name}) "
-            f"{a:.3f} vs "
-            f"tau = inf ({big.name}) {b:.3f}; holds when the difference exceeds 2 binomial SE = {2 * se:.3f} "
-            f"(n = {int(n)} each)",
+            f"inter-mode fraction at width {int(widths[-1])}: tau = {finite_taus[0]:g} {a:.3f} vs tau = inf "
+            f"{b:.3f} ({how}); holds when the difference exceeds 2 SE = {2 * se:.3f}",
         )
-    narrow = _pick(variants, widths[0], True)
-    if big is None or narrow is None or len(widths) < 2:
+    narrow = _group(variants, widths[0], True)
+    if not big or not narrow or len(widths) < 2:
         out["narrower_features_more_intermode"] = Claim.uncomputable("needs two widths at tau = inf")
     else:
-        a, b = narrow.metrics["test/inter_mode_fraction"], big.metrics["test/inter_mode_fraction"]
-        n = big.metrics["test/n_samples"]
-        se = math.hypot(_se(a, n), _se(b, n))
+        a, b, se, how = _compare(narrow, big, key)
         out["narrower_features_more_intermode"] = Claim(
             a - b > 2 * se,
             a,
             b,
             f"inter-mode fraction at tau = inf: width {int(widths[0])} {a:.3f} vs width {int(widths[-1])} "
-            f"{b:.3f}; "
-            f"holds when the difference exceeds 2 binomial SE = {2 * se:.3f} (n = {int(n)} each)",
+            f"{b:.3f} ({how}); holds when the difference exceeds 2 SE = {2 * se:.3f}",
         )
     return out

@@ -84,14 +84,16 @@ def test_shares_of_synthetic_normal_then_tangent_motion():
     assert phases.align_end <= phases.slide and summary["last20_tangent_share"] == 1.0
 
 
-def test_callback_runs_on_the_diffusion_module(tmp_path):
+def test_callback_runs_on_the_diffusion_2d_module(tmp_path):
+    """The diffusion_2d setting: VP process, moons data, ridge time from the nearest-neighbour rule."""
+    from datamodules.toy2d import Toy2DDataModule
     from modules.diffusion import Diffusion
 
     module = Diffusion(
-        dim=2, process="ou", hidden=16, depth=1, time_dim=8, sample_steps=20, eval_samples=16, eval_repeats=1
+        dim=2, process="vp", hidden=16, depth=1, time_dim=8, sample_steps=20, eval_samples=16, eval_repeats=1
     )
-    dm = RidgeMixtureDataModule(n_train=64, batch_size=32)
-    cb = RidgeCallback(every_n_steps=2, n=32, d_star=1, ridge_time=0.9, n_steps_analysed=10)
+    dm = Toy2DDataModule(dataset="moons", n_train=128, n_val=32, n_test=32, batch_size=32)
+    cb = RidgeCallback(every_n_steps=2, n=32, d_star=1, ridge_time="auto", n_steps_analysed=10)
     trainer = L.Trainer(
         max_steps=2,
         val_check_interval=2,
@@ -113,5 +115,6 @@ def test_callback_runs_on_the_diffusion_module(tmp_path):
         "ridge/near_train_fraction",
     ):
         assert key in logged, key
-    assert math.isclose(float(logged["ridge/time"]), 0.9, rel_tol=1e-6)
+    expected_t = ridge_time_by_spacing(dm.train_tensor().double(), module.process)
+    assert math.isclose(float(logged["ridge/time"]), expected_t, rel_tol=1e-5)
     assert any(p.suffix == ".png" for p in tmp_path.rglob("*"))

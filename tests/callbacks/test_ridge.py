@@ -15,7 +15,6 @@ from callbacks.ridge import (
 from core.processes import OU
 from core.samplers import euler_maruyama, reverse_sde, time_grid
 from core.score_models import EmpiricalScore
-from datamodules.ridge_mixture import RidgeMixtureDataModule
 
 THRESHOLDS = {"reach": 0.5, "align": 0.6, "slide": 0.6, "smooth": 3, "persist": 2}
 

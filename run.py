@@ -51,6 +51,11 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if type(err).__name__ != "NonFiniteError":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,7 +35,7 @@ def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | N
     return WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, name=run_name,
         save_dir=str(save_dir), mode=mode, tags=list(cfg.logger.tags), id=run_id, resume="allow",
-        log_model=cfg.logger.log_model, anonymous="never",
+        log_model=cfg.logger.log_model,
     )
 
 

@@ -108,7 +108,7 @@ def primary_metrics(variants: dict[str, VariantResult]) -> dict[str, float]:
 
 
 def write_results(output_dir: Path, experiment: str, variants: dict[str, VariantResult],
-                  claims: dict[str, Claim], seed: int, wall_s: float) -> Path:
+                  claims: dict[str, Claim], seed: int, wall_s: float, failure: dict | None = None) -> Path:
     payload = {
         "experiment": experiment,
         "metrics": clean(primary_metrics(variants)),
@@ -118,6 +118,8 @@ def write_results(output_dir: Path, experiment: str, variants: dict[str, Variant
         "wall_s": round(wall_s, 2),
         "versions": versions(),
     }
+    if failure is not None:
+        payload["failure"] = failure
     path = output_dir / "results.json"
     path.write_text(json.dumps(payload, indent=2))
     return path

@@ -28,12 +28,21 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     GENLAB_OUTPUT_DIR from rank 0, so all ranks agree on one folder."""
     if cfg.output_dir:
         path = Path(cfg.output_dir)
+    elif cfg.ckpt_path == "last" and _latest_run(cfg.experiment) is not None:
+        path = _latest_run(cfg.experiment)
+        print(f"[genlab] ckpt_path=last: continuing the latest run of {cfg.experiment} in {path}")
     elif os.environ.get("GENLAB_OUTPUT_DIR"):
         path = Path(os.environ["GENLAB_OUTPUT_DIR"])
     else:
         path = Path("runs") / cfg.experiment / datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
     os.environ["GENLAB_OUTPUT_DIR"] = str(path)
     return path
+
+
+def _latest_run(experiment: str) -> Path | None:
+    """The newest runs/<experiment>/<timestamp> folder that holds a checkpoint."""
+    folders = [p for p in (Path("runs") / experiment).glob("*") if any(p.glob("**/last.ckpt"))]
+    return max(folders, key=lambda p: p.name) if folders else None
 
 
 def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
@@ -65,7 +74,14 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
             vcfg = apply_overrides(cfg, variant.overrides)
             if variant.seed is not None:
                 vcfg.seed = variant.seed
-            found = run_variant(vcfg, vdir, variant.name)
+            try:
+                found = run_variant(vcfg, vdir, variant.name)
+            except BaseException as err:
+                if rank0:
+                    path = write_results(output_dir, cfg.experiment, variants, {}, int(cfg.seed), time.time() - t0,
+                                         failure={"variant": variant.name, "error": f"{type(err).__name__}: {err}"})
+                    print(f"[genlab] variant {variant.name} failed; partial results in {path}")
+                raise
         variants.update({r.name: r for r in found})
     claims: dict[str, Claim] = {}
     if cfg.claims is not None:

@@ -18,7 +18,7 @@ TOP = {
     "trainer": (DictConfig,), "logger": (DictConfig,), "checkpoint": (DictConfig,),
     "module": (DictConfig, NONE), "data": (DictConfig, NONE), "callbacks": (DictConfig,),
     "claims": (str, NONE), "study": (DictConfig, NONE), "job": (DictConfig, NONE),
-    "requires": (DictConfig,), "artifacts": (DictConfig,), "ema": (DictConfig, NONE),
+    "requires": (DictConfig,), "artifacts": (DictConfig,), "ema": (DictConfig,),
     "nan_guard": (bool,),
 }
 TRAINER = {
@@ -40,7 +40,8 @@ STUDY = {"variants": (DictConfig, NONE), "grid": (DictConfig, NONE), "seeds": (L
          "eval_sweep": (DictConfig, NONE)}
 CHOICES = {"logger.type": ("wandb", "csv", "none"), "logger.mode": ("auto", "online", "offline", "disabled"),
            "scale": ("small", "paper")}
-SECTIONS = {"trainer": TRAINER, "logger": LOGGER, "checkpoint": CHECKPOINT, "study": STUDY}
+EMA = {"enabled": (bool,), "decay": (float,), "warmup": (bool,)}
+SECTIONS = {"ema": EMA, "trainer": TRAINER, "logger": LOGGER, "checkpoint": CHECKPOINT, "study": STUDY}
 
 
 def _type_names(types: tuple) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.ema import EMA
 from callbacks.history import HistoryCallback
+from callbacks.nan_guard import NaNGuard
 from suite.errors import ConfigError
 from suite.loggers import build_logger, finish_wandb, offline_hint
 from suite.results import VariantResult, clean
 from suite.study import eval_sweep
 from suite.targets import instantiate, locate
+
+
+# Lightning warns about these on every max_steps-based run; they say nothing about ours.
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -64,8 +74,17 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
                            every_n_train_steps=cfg.checkpoint.every_n_steps,
                            train_time_interval=None)
     callbacks += [ckpt, HistoryCallback(str(vdir / "history.csv"), targs.get("log_every_n_steps", 50))]
+    if cfg.checkpoint.every_minutes:
+        callbacks.append(ModelCheckpoint(dirpath=str(vdir / "checkpoints"), save_last=True, save_top_k=0,
+                                         train_time_interval=timedelta(minutes=cfg.checkpoint.every_minutes)))
+    if cfg.nan_guard:
+        callbacks.insert(0, NaNGuard())
+    if cfg.ema.enabled:
+        callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
     logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir))
-    return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks, **targs)
+    # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
+    return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks,
+                     use_distributed_sampler=False, **targs)
 
 
 def _run_id(vdir: Path) -> str:
@@ -86,6 +105,8 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     module.noise_seed = int(cfg.seed)
+    if hasattr(datamodule, "shuffle_seed"):
+        datamodule.shuffle_seed = int(cfg.seed)
     if cfg.compile:
         if not isinstance(getattr(module, "net", None), torch.nn.Module):
             raise ConfigError("compile=true: the module has no `net` attribute to compile")
@@ -94,7 +115,10 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
     trainer = build_trainer(cfg, vdir, run_name, [])
     try:
         t0 = time.time()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg, vdir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg, vdir), weights_only=True)
+        if trainer.interrupted:
+            raise RuntimeError(f"training was interrupted at step {trainer.global_step}; continue it with "
+                               f"ckpt_path=last output_dir={cfg.output_dir}")
         trainer.save_checkpoint(vdir / "checkpoints" / "last.ckpt")  # the final state, whatever the cadence
         metrics = scalars(trainer.callback_metrics)
         metrics["time/fit_s"] = time.time() - t0

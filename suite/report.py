@@ -21,6 +21,8 @@ def latest_results(runs: Path) -> dict[str, dict]:
         except (OSError, json.JSONDecodeError):
             continue
         name = data.get("experiment")
+        if data.get("debug") or "failure" in data:
+            continue  # the table reports complete runs at a real scale
         if name and (name not in found or path.stat().st_mtime > found[name][0]):
             data["_path"] = str(path)
             found[name] = (path.stat().st_mtime, data)
@@ -29,7 +31,7 @@ def latest_results(runs: Path) -> dict[str, dict]:
 
 def table(runs: Path = Path("runs")) -> str:
     results = latest_results(runs)
-    rows = ["| experiment | what it shows | claims (latest run) | wall time |", "|---|---|---|---|"]
+    rows = ["| experiment | what it shows | claims (latest run) | scale, wall time |", "|---|---|---|---|"]
     for name, desc in list_experiments().items():
         res = results.get(name)
         if res is None:
@@ -37,7 +39,7 @@ def table(runs: Path = Path("runs")) -> str:
         else:
             cl = res.get("claims", {})
             claims = ", ".join(f"{k} {'✓' if c['holds'] else '✗'}" for k, c in cl.items()) or "no claims"
-            wall = f"{res.get('wall_s', 0):.0f} s"
+            wall = f"{res.get('scale', 'small')}, {res.get('wall_s', 0):.0f} s"
         rows.append(f"| `{name}` | {desc} | {claims} | {wall} |")
     return "\n".join(rows)
 

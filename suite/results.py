@@ -108,9 +108,12 @@ def primary_metrics(variants: dict[str, VariantResult]) -> dict[str, float]:
 
 
 def write_results(output_dir: Path, experiment: str, variants: dict[str, VariantResult],
-                  claims: dict[str, Claim], seed: int, wall_s: float, failure: dict | None = None) -> Path:
+                  claims: dict[str, Claim], seed: int, wall_s: float, failure: dict | None = None,
+                  scale: str = "small", debug: str | None = None) -> Path:
     payload = {
         "experiment": experiment,
+        "scale": scale,
+        "debug": debug,
         "metrics": clean(primary_metrics(variants)),
         "claims": {k: c.to_json() for k, c in claims.items()},
         "variants": {name: v.to_json(output_dir) for name, v in variants.items()},

@@ -79,7 +79,8 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
             except BaseException as err:
                 if rank0:
                     path = write_results(output_dir, cfg.experiment, variants, {}, int(cfg.seed), time.time() - t0,
-                                         failure={"variant": variant.name, "error": f"{type(err).__name__}: {err}"})
+                                         failure={"variant": variant.name, "error": f"{type(err).__name__}: {err}"},
+                                         scale=cfg.scale, debug=cfg.debug)
                     print(f"[genlab] variant {variant.name} failed; partial results in {path}")
                 raise
         variants.update({r.name: r for r in found})
@@ -92,7 +93,8 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
         os.environ["GENLAB_OUTPUT_DIR"] = saved_env
     if not rank0:
         return output_dir / "results.json"
-    path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0)
+    path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0,
+                         scale=cfg.scale, debug=cfg.debug)
     if not quiet:
         print("\n" + format_table(variants, claims))
         print(f"\n[genlab] results: {path}")

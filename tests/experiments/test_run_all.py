@@ -18,7 +18,8 @@ def test_debug_fast_end_to_end(name, tmp_path):
     assert run.main([f"experiment={name}", "debug=fast", "logger=none", f"output_dir={out}"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["experiment"] == name
-    assert set(results) >= {"experiment", "metrics", "claims", "variants", "seed", "wall_s", "versions"}
+    assert set(results) >= {"experiment", "metrics", "claims", "variants", "seed", "wall_s", "versions", "debug"}
+    assert results["debug"] == "fast" and "failure" not in results
     assert results["variants"], "no variant ran"
     for claim in results["claims"].values():
         assert set(claim) == {"holds", "value", "reference", "detail"}

@@ -24,8 +24,9 @@ from datamodules.base import IndexedTensorDataset, TensorDataModule
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 
 
-def make_split(n: int, split: str, seed: int, size: int, p_color: float, tokenizer: Tokenizer,
-               chunk: int = 2048) -> tuple[IndexedTensorDataset, list[dict]]:
+def make_split(
+    n: int, split: str, seed: int, size: int, p_color: float, tokenizer: Tokenizer, chunk: int = 2048
+) -> tuple[IndexedTensorDataset, list[dict]]:
     """``n`` captioned scenes of one split: (dataset, list of their prompt metadata)."""
     if n < 1:
         raise ValueError(f"ShapesDataModule: n_{split} must be >= 1, got {n}")
@@ -49,13 +50,25 @@ class ShapesDataModule(TensorDataModule):
     """Captioned Shapes scenes. ``size``: image side (32 default; 64 for GPU); ``p_color``: how
     often captions name colours; ``n_*``: scenes per split (rendered once at setup)."""
 
-    def __init__(self, size: int = 32, n_train: int = 20000, n_val: int = 512, n_test: int = 1024,
-                 p_color: float = 0.7, max_len: int = 12, batch_size: int = 64, eval_batch_size: int = 256,
-                 seed: int = 0, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        size: int = 32,
+        n_train: int = 20000,
+        n_val: int = 512,
+        n_test: int = 1024,
+        p_color: float = 0.7,
+        max_len: int = 12,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(batch_size, eval_batch_size, seed, num_workers)
         if size < 32 or size % 16:
-            raise ValueError(f"ShapesDataModule: size must be a multiple of 16 and >= 32 "
-                             f"(shape features are unreliable below 32 px), got {size}")
+            raise ValueError(
+                f"ShapesDataModule: size must be a multiple of 16 and >= 32 "
+                f"(shape features are unreliable below 32 px), got {size}"
+            )
         self.size, self.p_color = size, p_color
         self.n = {"train": n_train, "val": n_val, "test": n_test}
         self.tokenizer = Tokenizer(max_len)

@@ -23,7 +23,6 @@ from suite.results import VariantResult, clean
 from suite.study import eval_sweep
 from suite.targets import instantiate, locate
 
-
 # Lightning warns about these on every max_steps-based run; they say nothing about ours.
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -6,7 +6,6 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-import run
 from suite.config import compose, split_argv
 from suite.runner import run as run_cfg
 from tests.suite.helpers import Crash

@@ -36,7 +36,9 @@ class QuadraticTiltPath:
 
     def __init__(self, num_levels: int, lambda0: float = 100.0, power: float = 2.0) -> None:
         if num_levels < 1 or lambda0 <= 0:
-            raise ValueError(f"QuadraticTiltPath: need num_levels >= 1 and lambda0 > 0, got {num_levels}, {lambda0}")
+            raise ValueError(
+                f"QuadraticTiltPath: need num_levels >= 1 and lambda0 > 0, got {num_levels}, {lambda0}"
+            )
         self.num_levels, self.lambda0, self.power = num_levels, lambda0, power
         self.lambdas = lambda0 * (1 - torch.arange(num_levels + 1, dtype=torch.float64) / num_levels) ** power
 
@@ -64,9 +66,13 @@ class QuadraticTiltPath:
 class GeometricPath:
     """pi_l ∝ N(x; m_0, s_0^2 I)^{1 - beta_l} e^{-beta_l V(x)}, beta_l = (l/L)^power."""
 
-    def __init__(self, num_levels: int, ref_std: float = 5.0, ref_mean: float = 0.0, power: float = 1.0) -> None:
+    def __init__(
+        self, num_levels: int, ref_std: float = 5.0, ref_mean: float = 0.0, power: float = 1.0
+    ) -> None:
         if num_levels < 1 or ref_std <= 0:
-            raise ValueError(f"GeometricPath: need num_levels >= 1 and ref_std > 0, got {num_levels}, {ref_std}")
+            raise ValueError(
+                f"GeometricPath: need num_levels >= 1 and ref_std > 0, got {num_levels}, {ref_std}"
+            )
         self.num_levels, self.ref_std, self.ref_mean, self.power = num_levels, ref_std, ref_mean, power
         self.betas = (torch.arange(num_levels + 1, dtype=torch.float64) / num_levels) ** power
 
@@ -181,7 +187,9 @@ def _diag_gaussian_levels(path, mean: torch.Tensor, variances: torch.Tensor, the
     elif isinstance(path, GeometricPath):
         beta = thetas**path.power
         prec = (1 - beta)[:, None] / path.ref_std**2 + beta[:, None] / variances[None]
-        mu = ((1 - beta)[:, None] * path.ref_mean / path.ref_std**2 + beta[:, None] * (mean / variances)[None]) / prec
+        mu = (
+            (1 - beta)[:, None] * path.ref_mean / path.ref_std**2 + beta[:, None] * (mean / variances)[None]
+        ) / prec
     else:
         raise TypeError(f"unknown path {type(path).__name__}")
     return mu, prec.rsqrt()
@@ -204,7 +212,9 @@ def empirical_w2_squared(x: torch.Tensor, y: torch.Tensor) -> float:
     from scipy.optimize import linear_sum_assignment
 
     if x.shape != y.shape:
-        raise ValueError(f"empirical_w2_squared: clouds must have equal shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"empirical_w2_squared: clouds must have equal shape, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
     cost = torch.cdist(x.double(), y.double()) ** 2
     rows, cols = linear_sum_assignment(cost.numpy())
     return float(cost[rows, cols].mean())
@@ -242,9 +252,9 @@ def _mala_at_level(target, path, x, level, steps, h, generator):
     c = path.potential_coef(level)
 
     def energy_grad(z):
-        return c * target.potential(z) + path.ref_energy(z, level), c * target.grad_potential(z) + path.ref_grad(
-            z, level
-        )
+        return c * target.potential(z) + path.ref_energy(z, level), c * target.grad_potential(
+            z
+        ) + path.ref_grad(z, level)
 
     u_x, g_x = energy_grad(x)
     for _ in range(steps):

@@ -53,20 +53,24 @@ class ZSummary:
             f"{prefix}/ess_fraction": self.ess_fraction,
         }
         if not math.isnan(self.ratio_mean):
-            out.update({
-                f"{prefix}/z_ratio_mean": self.ratio_mean,
-                f"{prefix}/z_ratio_std": self.ratio_std,
-                f"{prefix}/z_ratio_ci_low": self.ratio_ci[0],
-                f"{prefix}/z_ratio_ci_high": self.ratio_ci[1],
-                f"{prefix}/abs_log_z_error": self.abs_log_error,
-            })
+            out.update(
+                {
+                    f"{prefix}/z_ratio_mean": self.ratio_mean,
+                    f"{prefix}/z_ratio_std": self.ratio_std,
+                    f"{prefix}/z_ratio_ci_low": self.ratio_ci[0],
+                    f"{prefix}/z_ratio_ci_high": self.ratio_ci[1],
+                    f"{prefix}/abs_log_z_error": self.abs_log_error,
+                }
+            )
         return {k: float(v) for k, v in out.items() if math.isfinite(float(v))}
 
 
 def summarize_log_weights(log_w: torch.Tensor, log_z_true: float | None = None) -> ZSummary:
     """Aggregate (R, N) log-weights into per-repeat log Z_hat and their spread (see ZSummary)."""
     if log_w.ndim != 2:
-        raise ValueError(f"summarize_log_weights: expected log-weights of shape (R, N), got {tuple(log_w.shape)}")
+        raise ValueError(
+            f"summarize_log_weights: expected log-weights of shape (R, N), got {tuple(log_w.shape)}"
+        )
     log_w = log_w.double()
     log_z_hat = log_mean_exp(log_w, dim=1)
     r = log_w.shape[0]

@@ -22,7 +22,8 @@ process the Jacobian e^{-d(T-delta)} of y_0 -> y_K makes E[e^{-V(y_K)} e^{d(T-de
 variance, not bias.
 
 Score estimates (all their V / grad V calls are charged to the :class:`CountedTarget`), from
-grad log p_t(x) = (e^{-t} E[X_0 | X_t = x] - x) / h_t with p(x_0 | x) ∝ e^{-V(x_0)} N(x_0; e^t x, (e^{2t} - 1) I):
+grad log p_t(x) = (e^{-t} E[X_0 | X_t = x] - x) / h_t,
+p(x_0 | x) ∝ e^{-V(x_0)} N(x_0; e^t x, (e^{2t} - 1) I):
 
 * :class:`SNISScore`: self-normalised importance sampling of E[X_0 | x] with M proposals from
   N(e^t x, (e^{2t}-1) I) (M oracle calls per chain per step);
@@ -60,7 +61,9 @@ class SNISScore:
     """s_hat(x, t) = (e^{-t} m_hat - x) / h_t, m_hat = sum_j softmax(-V(z_j)) z_j,
     z_j ~ N(e^t x, (e^{2t} - 1) I), j = 1..M. x: (B, d) -> (B, d); B * M oracle calls."""
 
-    def __init__(self, target: CountedTarget, num_samples: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, target: CountedTarget, num_samples: int, generator: torch.Generator | None = None
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"SNISScore: num_samples must be >= 1, got {num_samples}")
         self.target, self.num_samples, self.generator = target, num_samples, generator
@@ -95,7 +98,9 @@ class ULAPosteriorScore:
         generator: torch.Generator | None = None,
     ) -> None:
         if min(num_samples, ula_steps, importance_samples) < 1 or step_size <= 0:
-            raise ValueError("ULAPosteriorScore: num_samples, ula_steps, importance_samples >= 1, step_size > 0")
+            raise ValueError(
+                "ULAPosteriorScore: num_samples, ula_steps, importance_samples >= 1, step_size > 0"
+            )
         self.target, self.num_samples, self.ula_steps = target, num_samples, ula_steps
         self.step_size, self.step_ratio, self.generator = step_size, step_ratio, generator
         self._snis = SNISScore(target, importance_samples, generator)
@@ -176,7 +181,9 @@ def reverse_diffusion_log_z(
             xi_w = rho * xi + math.sqrt(max(1 - rho**2, 0.0)) * extra
             girsanov = girsanov + dt * (s**2).sum(1) + math.sqrt(2 * dt) * (s * xi_w).sum(1)
         else:
-            girsanov = girsanov + 2 * em1**2 / e2m1 * (s**2).sum(1) + 2 * em1 / math.sqrt(e2m1) * (s * xi).sum(1)
+            girsanov = (
+                girsanov + 2 * em1**2 / e2m1 * (s**2).sum(1) + 2 * em1 / math.sqrt(e2m1) * (s * xi).sum(1)
+            )
         y = math.exp(dt) * y + 2 * em1 * s + math.sqrt(e2m1) * xi
     log_w = -target.potential(y) + (T - delta) * d - log_gamma - girsanov
     return RDSResult(torch.nan_to_num(log_w, nan=-math.inf), y, target.oracle_calls - calls_before)

@@ -104,7 +104,9 @@ class GaussianMixture(Target):
         if self.covs.shape != (k, d, d):
             raise ValueError(f"GaussianMixture: covs must be ({k}, {d}, {d}), got {tuple(self.covs.shape)}")
         if self.weights.shape != (k,) or bool((self.weights <= 0).any()):
-            raise ValueError(f"GaussianMixture: weights must be ({k},) and positive, got {self.weights.tolist()}")
+            raise ValueError(
+                f"GaussianMixture: weights must be ({k},) and positive, got {self.weights.tolist()}"
+            )
         try:
             torch.linalg.cholesky(self.covs)
         except RuntimeError as err:
@@ -156,7 +158,11 @@ class GaussianMixture(Target):
         self-normalised by importance log-weights ``log_w`` (n,) when given (consistent for the
         true weights even when the sampler's own law is off)."""
         comp = self.responsibilities(x).argmax(1)
-        w = torch.softmax(log_w.double(), 0) if log_w is not None else torch.full((x.shape[0],), 1.0 / x.shape[0])
+        w = (
+            torch.softmax(log_w.double(), 0)
+            if log_w is not None
+            else torch.full((x.shape[0],), 1.0 / x.shape[0])
+        )
         return torch.zeros(self.num_components, dtype=torch.float64).index_add_(0, comp, w.double())
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -171,23 +177,36 @@ def four_mode_gmm(
 ) -> GaussianMixture:
     """The paper's 2-D four-mode mixture (Z = 1); every parameter can be overridden."""
     means = means if means is not None else [[0.0, 0.0], [0.0, 11.0], [9.0, 9.0], [11.0, 0.0]]
-    covs = covs if covs is not None else [
-        [[1.0, 0.5], [0.5, 1.0]],
-        [[0.3, -0.2], [-0.2, 0.3]],
-        [[1.0, 0.3], [0.3, 1.0]],
-        [[1.2, -1.0], [-1.0, 1.2]],
-    ]
+    covs = (
+        covs
+        if covs is not None
+        else [
+            [[1.0, 0.5], [0.5, 1.0]],
+            [[0.3, -0.2], [-0.2, 0.3]],
+            [[1.0, 0.3], [0.3, 1.0]],
+            [[1.2, -1.0], [-1.0, 1.2]],
+        ]
+    )
     weights = weights if weights is not None else [0.1, 0.2, 0.3, 0.4]
     return GaussianMixture(means, covs, weights, name="four_mode_gmm")
 
 
-def gaussian(dim: int, mean: float = 1.0, variances: Sequence | None = None, weight: float = 1.0) -> GaussianMixture:
+def gaussian(
+    dim: int, mean: float = 1.0, variances: Sequence | None = None, weight: float = 1.0
+) -> GaussianMixture:
     """weight * N(mean * 1, diag(variances)) in R^dim (default variances: 1, log Z = log weight)."""
-    var = torch.ones(dim, dtype=torch.float64) if variances is None else torch.as_tensor(variances, dtype=torch.float64)
+    var = (
+        torch.ones(dim, dtype=torch.float64)
+        if variances is None
+        else torch.as_tensor(variances, dtype=torch.float64)
+    )
     if var.shape != (dim,):
         raise ValueError(f"gaussian: variances must have length {dim}, got {tuple(var.shape)}")
     return GaussianMixture(
-        torch.full((1, dim), float(mean), dtype=torch.float64), torch.diag(var)[None], [weight], name=f"gaussian_d{dim}"
+        torch.full((1, dim), float(mean), dtype=torch.float64),
+        torch.diag(var)[None],
+        [weight],
+        name=f"gaussian_d{dim}",
     )
 
 
@@ -218,7 +237,9 @@ class Funnel(Target):
         return torch.cat([x0, rest], dim=1)
 
 
-def _double_well_grid(n: int = 200001, lo: float = -6.0, hi: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _double_well_grid(
+    n: int = 200001, lo: float = -6.0, hi: float = 6.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.linspace(lo, hi, n, dtype=torch.float64)
     return a, -(a**4) + 6 * a**2 + 0.5 * a
 
@@ -280,7 +301,9 @@ class ModifiedMuellerBrown(Target):
     def potential(self, x: torch.Tensor) -> torch.Tensor:
         _check_points(x, 2, self.name)
         u, v = (x[:, 0] - 3.5) / 5.0, (x[:, 1] + 6.5) / 5.0
-        consts = [torch.tensor(c, dtype=x.dtype) for c in (self._A, self._a, self._b, self._c, self._x0, self._y0)]
+        consts = [
+            torch.tensor(c, dtype=x.dtype) for c in (self._A, self._a, self._b, self._c, self._x0, self._y0)
+        ]
         A, a, b, c, x0, y0 = consts
         du, dv = u[:, None] - x0, v[:, None] - y0
         v_m = (A * torch.exp(a * du**2 + b * du * dv + c * dv**2)).sum(1)
@@ -289,7 +312,7 @@ class ModifiedMuellerBrown(Target):
 
 
 def make_target(name: str, **kwargs) -> Target:
-    """Build a target from a config name: four_mode_gmm | gmm | gaussian | funnel | many_well | mueller_brown."""
+    """Build a target by name: four_mode_gmm | gmm | gaussian | funnel | many_well | mueller_brown."""
     builders = {
         "four_mode_gmm": four_mode_gmm,
         "gmm": GaussianMixture,

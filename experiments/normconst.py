@@ -45,7 +45,12 @@ def run_estimator(name: str, target: Target, budget: int, num_chains: int, gen: 
         else:
             path = GeometricPath(levels, opts["ais_ref_std"], opts["ais_ref_mean"], opts["ais_geo_power"])
         res = annealed_importance_sampling(
-            counted, path, num_chains, opts["ais_step_size"], opts["ais_transition"], gen,
+            counted,
+            path,
+            num_chains,
+            opts["ais_step_size"],
+            opts["ais_transition"],
+            gen,
             max_step_ratio=opts["ais_max_step_ratio"],
         )
         setting = f"L={levels} {opts['ais_transition']}"
@@ -57,7 +62,9 @@ def run_estimator(name: str, target: Target, budget: int, num_chains: int, gen: 
     elif name == "rds_ula":
         per_step = max(1, (budget - 1) // steps - opts["ula_importance"])
         m = max(1, per_step // opts["ula_steps"])
-        score = ULAPosteriorScore(counted, m, opts["ula_steps"], opts["ula_step_size"], 0.2, opts["ula_importance"], gen)
+        score = ULAPosteriorScore(
+            counted, m, opts["ula_steps"], opts["ula_step_size"], 0.2, opts["ula_importance"], gen
+        )
         setting = f"K={steps} M={m} S={opts['ula_steps']}"
     elif name == "rds_oracle_score":
         if not isinstance(target, GaussianMixture):
@@ -67,13 +74,28 @@ def run_estimator(name: str, target: Target, budget: int, num_chains: int, gen: 
     else:
         raise ValueError(f"unknown estimator {name!r}; choose from {ESTIMATORS}")
     res = reverse_diffusion_log_z(
-        counted, score, num_chains, opts["rds_T"], opts["rds_delta"], steps, opts["rds_grid"], opts["rds_weight"], gen
+        counted,
+        score,
+        num_chains,
+        opts["rds_T"],
+        opts["rds_delta"],
+        steps,
+        opts["rds_grid"],
+        opts["rds_weight"],
+        gen,
     )
     return res.log_w, res.x, res.oracle_calls_per_chain, setting
 
 
-def budget_sweep(target: Target, estimators: list[str], budgets: list[int], chains: int, repeats: int,
-                 seed: int, opts: dict) -> tuple[dict[str, float], dict]:
+def budget_sweep(
+    target: Target,
+    estimators: list[str],
+    budgets: list[int],
+    chains: int,
+    repeats: int,
+    seed: int,
+    opts: dict,
+) -> tuple[dict[str, float], dict]:
     """Every estimator at every budget; metrics ``test/<estimator>@<budget>/<name>`` and the raw
     per-run outputs (final states and log-weights) for figures."""
     bad = [e for e in estimators if e not in ESTIMATORS]
@@ -92,12 +114,23 @@ def budget_sweep(target: Target, estimators: list[str], budgets: list[int], chai
                 rec = target.recovered_mode_weights(x, log_w)
                 metrics[f"{key}/weights_tv"] = 0.5 * float((rec - target.mode_weights).abs().sum())
                 raw_share = target.recovered_mode_weights(x)
-                metrics[f"{key}/unweighted_share_tv"] = 0.5 * float((raw_share - target.mode_weights).abs().sum())
+                metrics[f"{key}/unweighted_share_tv"] = 0.5 * float(
+                    (raw_share - target.mode_weights).abs().sum()
+                )
                 for k in range(target.num_components):
                     metrics[f"{key}/weight_{k}"] = float(rec[k])
-            raw[(est, budget)] = {"x": x, "log_w": log_w, "summary": summary, "setting": setting, "calls": calls}
-            print(f"[normconst] {est:17s} budget {budget:6d} ({setting}): calls/chain {calls:.0f}  "
-                  f"Z_hat/Z {summary.ratio_mean:.3f} +- {summary.ratio_std:.3f}  |dlogZ| {summary.abs_log_error:.3f}")
+            raw[(est, budget)] = {
+                "x": x,
+                "log_w": log_w,
+                "summary": summary,
+                "setting": setting,
+                "calls": calls,
+            }
+            print(
+                f"[normconst] {est:17s} budget {budget:6d} ({setting}): calls/chain {calls:.0f}  "
+                f"Z_hat/Z {summary.ratio_mean:.3f} +- {summary.ratio_std:.3f}  "
+                f"|dlogZ| {summary.abs_log_error:.3f}"
+            )
     return metrics, raw
 
 
@@ -120,8 +153,15 @@ def plot_budget_curves(raw: dict, estimators: list[str], budgets: list[int], pat
     plt.close(fig)
 
 
-def plot_samples(raw: dict, estimators: list[str], budget: int, target: Target, path: Path,
-                 dims: tuple[int, int] = (0, 1), n_show: int = 2000) -> None:
+def plot_samples(
+    raw: dict,
+    estimators: list[str],
+    budget: int,
+    target: Target,
+    path: Path,
+    dims: tuple[int, int] = (0, 1),
+    n_show: int = 2000,
+) -> None:
     panels = len(estimators) + (1 if target.has_sampler else 0)
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.2), squeeze=False)
     axes = axes[0]
@@ -173,7 +213,9 @@ def run_gmm(
 ) -> dict[str, float]:
     """Budget sweep on the four-mode GMM (or any mixture given by means / covs / weights)."""
     target = four_mode_gmm(means, covs, weights)
-    estimators = list(estimators or ["ais_quadratic", "ais_geometric", "rds_snis", "rds_ula", "rds_oracle_score"])
+    estimators = list(
+        estimators or ["ais_quadratic", "ais_geometric", "rds_snis", "rds_ula", "rds_oracle_score"]
+    )
     budgets = [int(b) for b in (budgets or [400, 1600, 6400])]
     opts = {k: v for k, v in locals().items() if k.startswith(("rds_", "ula_", "ais_", "oracle_"))}
     metrics, raw = budget_sweep(target, estimators, budgets, chains, repeats, seed, opts)
@@ -236,34 +278,52 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     out = {}
     rds = f"test/rds_snis@{b}"
     if f"{rds}/z_ratio_mean" not in m:
-        return {k: Claim.uncomputable("rds_snis did not run") for k in
-                ("rds_unbiased_multimodal", "rds_beats_ais_at_budget", "rds_recovers_weights")}
+        return {
+            k: Claim.uncomputable("rds_snis did not run")
+            for k in ("rds_unbiased_multimodal", "rds_beats_ais_at_budget", "rds_recovers_weights")
+        }
     ratio, spread = m[f"{rds}/z_ratio_mean"], m.get(f"{rds}/z_ratio_std")
-    base = f"reverse diffusion with SNIS scores at {b} oracle calls per chain, {n_rep} repeats x {n_ch} chains"
+    base = (
+        f"reverse diffusion with SNIS scores at {b} oracle calls per chain, {n_rep} repeats x {n_ch} chains"
+    )
     if n_rep < 2 or spread is None:
         out["rds_unbiased_multimodal"] = Claim.uncomputable(base + "; one repeat gives no spread", 1.0)
     else:
         out["rds_unbiased_multimodal"] = Claim(
-            abs(ratio - 1) < 0.1, ratio, 1.0,
+            abs(ratio - 1) < 0.1,
+            ratio,
+            1.0,
             f"{base}: mean over repeats of Z_hat/Z = {ratio:.3f}, std {spread:.3f} (95% CI of the mean "
-            f"+-{1.96 * spread / math.sqrt(n_rep):.3f}); holds when within 10% of 1")
+            f"+-{1.96 * spread / math.sqrt(n_rep):.3f}); holds when within 10% of 1",
+        )
     err_rds = m[f"{rds}/abs_log_z_error"]
     ais = {p: m.get(f"test/ais_{p}@{b}/abs_log_z_error") for p in ("quadratic", "geometric")}
     if any(v is None for v in ais.values()):
         out["rds_beats_ais_at_budget"] = Claim.uncomputable("AIS paths did not both run", err_rds)
     else:
-        calls = {k: m.get(f"test/{k}@{b}/oracle_calls_per_chain") for k in ("rds_snis", "ais_quadratic", "ais_geometric")}
+        calls = {
+            k: m.get(f"test/{k}@{b}/oracle_calls_per_chain")
+            for k in ("rds_snis", "ais_quadratic", "ais_geometric")
+        }
         out["rds_beats_ais_at_budget"] = Claim(
-            err_rds < min(ais.values()), err_rds, min(ais.values()),
+            err_rds < min(ais.values()),
+            err_rds,
+            min(ais.values()),
             f"mean over {n_rep} repeats of |log Z_hat - log Z| at ~{b} oracle calls per chain (measured: "
             + ", ".join(f"{k} {v:.0f}" for k, v in calls.items() if v is not None)
             + f"): RDS {err_rds:.3f}, AIS quadratic-tilt from the origin {ais['quadratic']:.3f}, "
-            f"AIS geometric from N(0, {cfg.job.ais_ref_std}^2 I) {ais['geometric']:.3f}; holds when RDS is below both")
+            f"AIS geometric from N(0, {cfg.job.ais_ref_std}^2 I) {ais['geometric']:.3f}; "
+            "holds when RDS is below both",
+        )
     tv = m[f"{rds}/weights_tv"]
     out["rds_recovers_weights"] = Claim(
-        tv < 0.05, tv, 0.05,
+        tv < 0.05,
+        tv,
+        0.05,
         f"total variation between the true mode weights and the importance-weighted share of RDS's final "
-        f"samples per mode (nearest component by responsibility), pooled over {n_rep * n_ch} chains at budget {b}")
+        f"samples per mode (nearest component by responsibility), pooled over {n_rep * n_ch} chains "
+        f"at budget {b}",
+    )
     return out
 
 
@@ -318,9 +378,17 @@ def run_gaussian_dims(
     dims = [int(d) for d in (dims or [2, 4, 8, 16, 32])]
     ais_levels = [int(v) for v in (ais_levels or [2**k for k in range(4, 15)])]
     rds_steps = [int(v) for v in (rds_steps or [2**k for k in range(2, 12)])]
-    opts = {"ais_transition": ais_transition, "ais_step_size": ais_step_size, "ais_max_step_ratio": ais_max_step_ratio,
-            "ais_lambda0": ais_lambda0, "ais_quad_power": ais_quad_power, "rds_T": rds_T, "rds_delta": rds_delta,
-            "rds_grid": "uniform", "rds_weight": rds_weight}
+    opts = {
+        "ais_transition": ais_transition,
+        "ais_step_size": ais_step_size,
+        "ais_max_step_ratio": ais_max_step_ratio,
+        "ais_lambda0": ais_lambda0,
+        "ais_quad_power": ais_quad_power,
+        "rds_T": rds_T,
+        "rds_delta": rds_delta,
+        "rds_grid": "uniform",
+        "rds_weight": rds_weight,
+    }
     per_level = 2 if ais_transition == "mala" else 1
     metrics: dict[str, float] = {}
     curves = {"ais": {}, "rds": {}}
@@ -328,20 +396,29 @@ def run_gaussian_dims(
     actions = {}
     for i, d in enumerate(dims):
         target = gaussian(d, mean=mean, variances=[variance] * d)
-        actions[d] = gaussian_path_action(QuadraticTiltPath(2, ais_lambda0, ais_quad_power), target.means[0],
-                                          torch.diagonal(target.covs[0]))
+        actions[d] = gaussian_path_action(
+            QuadraticTiltPath(2, ais_lambda0, ais_quad_power), target.means[0], torch.diagonal(target.covs[0])
+        )
         metrics[f"test/d={d}/action_quadratic_path"] = actions[d]
         for kind, sweep in (("ais", ais_levels), ("rds", rds_steps)):
             calls, errors = [], []
             for j, size in enumerate(sweep):
                 gen = torch.Generator().manual_seed(seed * 100003 + i * 1009 + j * 7 + (kind == "rds"))
                 if kind == "ais":
-                    log_w, _, c, _ = run_estimator("ais_quadratic", target, size * per_level, repeats * chains, gen, opts)
+                    log_w, _, c, _ = run_estimator(
+                        "ais_quadratic", target, size * per_level, repeats * chains, gen, opts
+                    )
                 else:
-                    log_w, _, c, _ = run_estimator("rds_oracle_score", target, size + 1, repeats * chains, gen,
-                                                   {**opts, "rds_steps": size, "oracle_max_steps": size})
+                    log_w, _, c, _ = run_estimator(
+                        "rds_oracle_score",
+                        target,
+                        size + 1,
+                        repeats * chains,
+                        gen,
+                        {**opts, "rds_steps": size, "oracle_max_steps": size},
+                    )
                 s = summarize_log_weights(log_w.reshape(repeats, chains), target.log_z)
-                # RMS of log(Z_hat/Z) ~ relative error for small errors, and not ruled by one heavy-tailed repeat
+                # RMS of log(Z_hat/Z): ~ relative error when small, not ruled by one heavy-tailed repeat
                 err = float(((s.log_z_hat - target.log_z) ** 2).mean().sqrt())
                 calls.append(c)
                 errors.append(err)
@@ -367,7 +444,10 @@ def run_gaussian_dims(
 
 def _plot_dims(curves, needed, dims, actions, eps, metrics, output_dir: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, kind, label in ((axes[0], "ais", "AIS, quadratic-tilt path"), (axes[1], "rds", "RDS, exact scores (oracle)")):
+    for ax, kind, label in (
+        (axes[0], "ais", "AIS, quadratic-tilt path"),
+        (axes[1], "rds", "RDS, exact scores (oracle)"),
+    ):
         for d in dims:
             calls, errors = curves[kind][d]
             ax.loglog(calls, errors, "o-", ms=3, label=f"d={d}")
@@ -379,12 +459,25 @@ def _plot_dims(curves, needed, dims, actions, eps, metrics, output_dir: Path) ->
         ds = sorted(needed[kind])
         if ds:
             slope = metrics.get(f"test/{kind}_exponent_in_d")
-            ax.loglog(ds, [needed[kind][d] for d in ds], marker + "-",
-                      label=f"{kind}: slope {slope:.2f}" if slope is not None else kind)
+            ax.loglog(
+                ds,
+                [needed[kind][d] for d in ds],
+                marker + "-",
+                label=f"{kind}: slope {slope:.2f}" if slope is not None else kind,
+            )
     bound = [d * actions[d] ** 2 for d in dims]
-    scale = (needed["ais"][min(needed["ais"])] / bound[dims.index(min(needed["ais"]))]) if needed["ais"] else 1.0
-    ax.loglog(dims, [scale * b for b in bound], "k:", label=f"d A^2 (bound), slope {metrics['test/bound_exponent_in_d']:.2f}")
-    ax.set(xlabel="dimension d", ylabel=f"oracle calls per chain for rel. error {eps}", title="complexity vs d")
+    scale = (
+        (needed["ais"][min(needed["ais"])] / bound[dims.index(min(needed["ais"]))]) if needed["ais"] else 1.0
+    )
+    ax.loglog(
+        dims,
+        [scale * b for b in bound],
+        "k:",
+        label=f"d A^2 (bound), slope {metrics['test/bound_exponent_in_d']:.2f}",
+    )
+    ax.set(
+        xlabel="dimension d", ylabel=f"oracle calls per chain for rel. error {eps}", title="complexity vs d"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output_dir / "calls_for_fixed_error_vs_dim.png", dpi=120)

@@ -103,7 +103,9 @@ class DiffusionSampler(GenLabModule):
     def _visited_points(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """States y_k (n * K, d) of the current reverse process and their forward times (n * K,)."""
         hp = self.hparams
-        y = math.sqrt(-math.expm1(-2 * hp.T)) * torch.randn(n, self.target.dim, generator=generator, dtype=torch.float64)
+        y = math.sqrt(-math.expm1(-2 * hp.T)) * torch.randn(
+            n, self.target.dim, generator=generator, dtype=torch.float64
+        )
         ys, ts = [], []
         for k in range(hp.steps):
             t, dt = float(self.times[k]), float(self.times[k] - self.times[k + 1])
@@ -129,8 +131,16 @@ class DiffusionSampler(GenLabModule):
         def score(x: torch.Tensor, t: float) -> torch.Tensor:
             return self.score(x.to(self.device), t).cpu().double()
 
-        res = reverse_diffusion_log_z(eval_oracle, score, hp.eval_repeats * hp.eval_chains, hp.T, hp.delta, hp.steps,
-                                      weight=hp.rds_weight, generator=generator)
+        res = reverse_diffusion_log_z(
+            eval_oracle,
+            score,
+            hp.eval_repeats * hp.eval_chains,
+            hp.T,
+            hp.delta,
+            hp.steps,
+            weight=hp.rds_weight,
+            generator=generator,
+        )
         summary = summarize_log_weights(res.log_w.reshape(hp.eval_repeats, hp.eval_chains), self.target.log_z)
         metrics = summary.as_metrics(stage)
         metrics[f"{stage}/oracle_calls_per_chain"] = res.oracle_calls_per_chain
@@ -145,10 +155,19 @@ class DiffusionSampler(GenLabModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False, **opts):
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False, **opts
+    ):
         """n importance-weighted samples: (x (n, d), log_w (n,)) from the estimator's reverse process."""
         hp = self.hparams
-        res = reverse_diffusion_log_z(CountedTarget(self.target),
-                                      lambda x, t: self.score(x.to(self.device), t).cpu().double(),
-                                      n, hp.T, hp.delta, hp.steps, weight=hp.rds_weight, generator=generator)
+        res = reverse_diffusion_log_z(
+            CountedTarget(self.target),
+            lambda x, t: self.score(x.to(self.device), t).cpu().double(),
+            n,
+            hp.T,
+            hp.delta,
+            hp.steps,
+            weight=hp.rds_weight,
+            generator=generator,
+        )
         return res.x, res.log_w

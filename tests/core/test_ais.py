@@ -24,7 +24,9 @@ def test_log_mean_exp_is_stable_and_exact():
     assert torch.allclose(out, torch.tensor([1000.0 + math.log(2.0), -1000.0], dtype=torch.float64))
     assert torch.allclose(effective_sample_size(torch.zeros(1, 5), dim=1), torch.tensor([5.0]))
     s = summarize_log_weights(torch.zeros(3, 4, dtype=torch.float64) + math.log(2.0), log_z_true=0.0)
-    assert math.isclose(s.ratio_mean, 2.0) and math.isclose(s.abs_log_error, math.log(2.0)) and s.ratio_std == 0
+    assert (
+        math.isclose(s.ratio_mean, 2.0) and math.isclose(s.abs_log_error, math.log(2.0)) and s.ratio_std == 0
+    )
 
 
 def test_ais_weight_update_matches_brute_force_replay_in_1d():
@@ -74,7 +76,11 @@ def test_ais_oracle_counts():
 @pytest.mark.parametrize("path_kind", ["geometric", pytest.param("quadratic", marks=pytest.mark.slow)])
 def test_ais_mala_estimates_known_gaussian_z_within_ci(path_kind):
     target = gaussian(3, mean=1.0, variances=[1.0, 0.5, 2.0], weight=4.0)
-    path = GeometricPath(300, ref_std=2.0) if path_kind == "geometric" else QuadraticTiltPath(1500, lambda0=100.0)
+    path = (
+        GeometricPath(300, ref_std=2.0)
+        if path_kind == "geometric"
+        else QuadraticTiltPath(1500, lambda0=100.0)
+    )
     res = annealed_importance_sampling(
         CountedTarget(target), path, 3000, 0.05, "mala", torch.Generator().manual_seed(0)
     )
@@ -115,7 +121,12 @@ def test_empirical_w2_and_action_by_sampling_on_a_gaussian():
     target = gaussian(1, mean=3.0)
     exact = gaussian_path_action(GeometricPath(64, ref_std=1.0), torch.full((1,), 3.0), torch.ones(1))
     est = action_by_sampling(
-        CountedTarget(target), GeometricPath(64, ref_std=1.0), num_points=8, num_samples=400,
-        mcmc_steps=40, step_size=0.2, generator=torch.Generator().manual_seed(0),
+        CountedTarget(target),
+        GeometricPath(64, ref_std=1.0),
+        num_points=8,
+        num_samples=400,
+        mcmc_steps=40,
+        step_size=0.2,
+        generator=torch.Generator().manual_seed(0),
     )
     assert abs(est - exact) < 0.35 * exact, (est, exact)

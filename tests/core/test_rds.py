@@ -32,7 +32,14 @@ def test_exact_weight_is_the_ratio_of_transition_kernels_brute_force():
         return torch.full_like(x, 0.3) * t
 
     res = reverse_diffusion_log_z(
-        CountedTarget(target), score, 1, T, delta, steps, weight="exact", generator=torch.Generator().manual_seed(3)
+        CountedTarget(target),
+        score,
+        1,
+        T,
+        delta,
+        steps,
+        weight="exact",
+        generator=torch.Generator().manual_seed(3),
     )
     gen = torch.Generator().manual_seed(3)
     times = forward_time_grid(T, delta, steps)
@@ -58,7 +65,9 @@ def test_paper_weight_equals_exact_weight_after_integrating_out_the_extra_noise(
         rho = math.sqrt(2) * math.expm1(dt) / math.sqrt(math.expm1(2 * dt) * dt)
         # E_{xi''} e^{-sqrt(2 dt (1 - rho^2)) s.xi''} = e^{dt (1 - rho^2) |s|^2}
         assert math.isclose(dt * rho**2, 2 * math.expm1(dt) ** 2 / math.expm1(2 * dt), rel_tol=1e-10)
-        assert math.isclose(math.sqrt(2 * dt) * rho, 2 * math.expm1(dt) / math.sqrt(math.expm1(2 * dt)), rel_tol=1e-10)
+        assert math.isclose(
+            math.sqrt(2 * dt) * rho, 2 * math.expm1(dt) / math.sqrt(math.expm1(2 * dt)), rel_tol=1e-10
+        )
 
 
 @pytest.mark.parametrize("weight", ["paper", "exact"])
@@ -66,8 +75,14 @@ def test_unbiased_for_a_poor_score_on_a_known_gaussian_z(weight):
     """E[Z_hat] = Z for any score: here zero score (the score-free process) on a 1-D Gaussian."""
     target = gaussian(1, mean=0.3, variances=[0.8], weight=5.0)
     res = reverse_diffusion_log_z(
-        CountedTarget(target), lambda x, t: torch.zeros_like(x), 40000, T=1.0, delta=0.01, steps=5,
-        weight=weight, generator=torch.Generator().manual_seed(0),
+        CountedTarget(target),
+        lambda x, t: torch.zeros_like(x),
+        40000,
+        T=1.0,
+        delta=0.01,
+        steps=5,
+        weight=weight,
+        generator=torch.Generator().manual_seed(0),
     )
     s = summarize_log_weights(res.log_w.reshape(40, 1000), target.log_z)
     assert abs(s.ratio_mean - 1) < 1.96 * s.ratio_std / math.sqrt(40) + 0.01, s
@@ -78,14 +93,24 @@ def test_exact_score_rds_on_gaussian_within_ci_and_counts():
     counted = CountedTarget(target)
     n, steps = 4000, 100
     res = reverse_diffusion_log_z(
-        counted, ExactMixtureScore(target, counted), n, T=5.0, steps=steps, generator=torch.Generator().manual_seed(1)
+        counted,
+        ExactMixtureScore(target, counted),
+        n,
+        T=5.0,
+        steps=steps,
+        generator=torch.Generator().manual_seed(1),
     )
     assert res.oracle_calls == n * steps + n
     s = summarize_log_weights(res.log_w.reshape(20, 200), target.log_z)
     assert abs(s.ratio_mean - 1) < 1.96 * s.ratio_std / math.sqrt(20) + 0.01, s
     # with exact scores only the discretisation spreads the weights: finer grids flatten them
     coarse = reverse_diffusion_log_z(
-        counted, ExactMixtureScore(target, counted), n, T=5.0, steps=20, generator=torch.Generator().manual_seed(1)
+        counted,
+        ExactMixtureScore(target, counted),
+        n,
+        T=5.0,
+        steps=20,
+        generator=torch.Generator().manual_seed(1),
     )
     ess_coarse = summarize_log_weights(coarse.log_w.reshape(20, 200), target.log_z).ess_fraction
     assert s.ess_fraction > 0.2 and s.ess_fraction > 2 * ess_coarse

@@ -35,12 +35,16 @@ def test_four_mode_gmm_density_and_log_z_by_quadrature():
     dens = 0.0
     for w, m, c in zip(gmm.weights, gmm.means, gmm.covs):
         diff = x[0] - m
-        dens += float(w * torch.exp(-0.5 * diff @ torch.linalg.solve(c, diff)) / (2 * math.pi * c.det().sqrt()))
+        dens += float(
+            w * torch.exp(-0.5 * diff @ torch.linalg.solve(c, diff)) / (2 * math.pi * c.det().sqrt())
+        )
     assert math.isclose(float(torch.exp(-gmm.potential(x))), dens, rel_tol=1e-12)
 
 
 def test_unnormalised_mixture_log_z_is_log_total_weight():
-    gmm = GaussianMixture([[0.0, 0.0], [3.0, 1.0]], [torch.eye(2).tolist(), (2 * torch.eye(2)).tolist()], [2.0, 5.0])
+    gmm = GaussianMixture(
+        [[0.0, 0.0], [3.0, 1.0]], [torch.eye(2).tolist(), (2 * torch.eye(2)).tolist()], [2.0, 5.0]
+    )
     assert math.isclose(gmm.log_z, math.log(7.0))
     assert abs(_grid_log_z(gmm, -10, 14) - math.log(7.0)) < 1e-6
 

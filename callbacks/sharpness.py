@@ -39,6 +39,8 @@ def optimizer_stability(optimizer: torch.optim.Optimizer) -> dict:
     """Classify the optimiser: kind ('gd', 'vgd', 'adaptive'), effective lr, threshold, sigma^2, N_s."""
     group = optimizer.param_groups[0]
     lr = float(group["lr"])
+    if lr <= 0:  # e.g. the last step of a cosine schedule: no finite threshold
+        return dict(kind="none", lr=0.0, threshold=math.inf)
     if isinstance(optimizer, IVON):
         b1, b2, wd, h0 = group["beta1"], group["beta2"], group["weight_decay"], group["hess_init"]
         lr_eff = lr if optimizer.rescale_lr else lr / (h0 + wd)

@@ -160,7 +160,8 @@ class IVON(torch.optim.Optimizer):
             raise RuntimeError("IVON.sampled_params: already inside a sample (nested sampling, e.g. a closure "
                                "that samples itself passed to step(closure)); sample in one place only")
         noise = self._draw_noise(self._window["draws"], generator)
-        self._window["draws"] += 1
+        if generator is None:  # an evaluation with its own generator must not shift the training noise
+            self._window["draws"] += 1
         means = []
         baseline = []
         with torch.no_grad():

@@ -82,11 +82,14 @@ class FullBatchEoS(GenLabModule):
         optimizer: 'gd' or 'vgd'. lr: step size. sigma_sq: VGD posterior variance per weight.
         mc_samples: N_s, posterior samples per VGD step. switch_step: GD steps before VGD starts.
         center: subtract the training-set mean image (a buffer, so it is saved with the model).
+        input_scale: multiplies the centred input (0.5 turns the suite's [-1, 1] pixels into the
+            [0, 1]-pixel scale of the EoS literature, on which the step sizes below were chosen).
     """
 
     def __init__(self, in_dim: int = 784, widths: list[int] = (200, 200), out_dim: int = 10,
                  activation: str = "tanh", loss: str = "mse", optimizer: str = "gd", lr: float = 0.2,
-                 sigma_sq: float = 1e-4, mc_samples: int = 1, switch_step: int = 0, center: bool = True):
+                 sigma_sq: float = 1e-4, mc_samples: int = 1, switch_step: int = 0, center: bool = True,
+                 input_scale: float = 1.0):
         super().__init__()
         if loss not in ("mse", "ce"):
             raise ValueError(f"module.loss: expected 'mse' or 'ce', got {loss!r}")
@@ -101,7 +104,7 @@ class FullBatchEoS(GenLabModule):
         self.register_buffer("input_mean", torch.zeros(in_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.reshape(len(x), -1) - self.input_mean)
+        return self.net((x.reshape(len(x), -1) - self.input_mean) * self.hparams.input_scale)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss of the batch at the current weights (deterministic: generator unused)."""

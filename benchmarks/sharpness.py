@@ -94,7 +94,8 @@ def main() -> None:
               f"{r['err_warm']:>9.1e} {r['err_cold']:>9.1e}")
     mean = lambda k: statistics.mean(r[k] for r in rows)  # noqa: E731
     print(f"\none HVP = {ratio:.2f} gradient evaluations (median wall times, cached gradient graph)")
-    print(f"mean cost to rtol={args.rtol:g}: Lanczos warm {mean('warm'):.1f} HVP = {mean('warm') * ratio:.1f} grad evals; "
+    print(f"mean cost to rtol={args.rtol:g}: "
+          f"Lanczos warm {mean('warm'):.1f} HVP = {mean('warm') * ratio:.1f} grad evals; "
           f"Lanczos cold {mean('cold'):.1f} HVP = {mean('cold') * ratio:.1f}; "
           f"power warm (oracle stop) {mean('power'):.1f} HVP = {mean('power') * ratio:.1f}")
     print(f"max relative error: Lanczos warm {max(r['err_warm'] for r in rows):.1e}, "

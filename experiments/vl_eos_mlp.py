@@ -96,7 +96,8 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
             ok &= diff > 2 * se
         out["fewer_samples_flatter"] = Claim(ok, table, "diff > 2 se",
                                              f"late sharpness(N_s=4) - late sharpness(N_s=1) at equal steps, mean over "
-                                             f"{n_seeds} seeds, se = standard errors over seeds in quadrature, {window}")
+                                             f"{n_seeds} seeds, se = standard errors over seeds in quadrature, "
+                                             f"{window}")
     else:
         out["fewer_samples_flatter"] = Claim.uncomputable(
             f"needs N_s=1 and N_s=4 at sigma^2 = 3e-5 and 1e-4 with >= 2 seeds (have {len(pairs)} pair(s), "
@@ -113,7 +114,8 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
         out["hcrit_bounds_vl"] = Claim(ok, ratios, 1.1,
                                        "late mean sharpness / H_crit per VGD variant (mean over seeds); H_crit from "
                                        "|g|^2 averaged over the late window, 'proj' = gradient on the top eigenvector "
-                                       "(the claim's convention), 'full' = full gradient norm; holds if every proj <= 1.1")
+                                       "(the claim's convention), 'full' = full gradient norm; holds if every "
+                                       "proj <= 1.1")
     else:
         out["hcrit_bounds_vl"] = Claim.uncomputable("no VGD variant in this run", 1.1)
     return out

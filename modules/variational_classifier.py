@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.aggregation import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from core.ivon import IVON
 from modules.base import GenLabModule

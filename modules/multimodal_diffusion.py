@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
+from callbacks.media import log_table
 from core.masked_diffusion import MaskedDiffusion
 from core.multimodal import MultimodalProcess, Part
 from core.processes import VP
@@ -202,11 +203,13 @@ class MultimodalDiffusion(GenLabModule):
             "marginals_": sample_marginals(real, n, rng),
             "copula_": GaussianCopula(real, cards, rng).sample(n, rng),
         }
+        rows = []
         for prefix, table in tables.items():
-            for k, v in tabular_metrics(
-                real, table, test, cards, target, interactions=h.c2st_interactions
-            ).items():
+            scores = tabular_metrics(real, table, test, cards, target, interactions=h.c2st_interactions)
+            for k, v in scores.items():
                 self.log(f"test/{prefix}{k}", float(v), rank_zero_only=True)
+            rows.append([f"{h.time_mode}-time model" if not prefix else prefix[:-1], *scores.values()])
+        log_table(self.trainer, "test/fidelity", ["table", *scores], rows)
         for k, v in self.impute_target(dm, test).items():
             self.log(f"test/{k}", v, rank_zero_only=True)
 

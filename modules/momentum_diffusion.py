@@ -22,6 +22,21 @@ a uniform or quadratic grid) the one with the best validation metric is used on 
 no process is judged by a poor sampler. The task decides the metric: ``shapes`` (sliced W2, MMD,
 transport cost of PF-ODE paths), ``forecast`` (CRPS of conditional samples), ``images``
 (Frechet distance on in-suite features, core.features).
+
+Modelling choices that are ours (VSMD has no public code; the process-level ones, 1-6, are listed in
+core/phase_space.py's docstring):
+
+7. Loss: unweighted eps-MSE over t uniform in [t_min, T] for every process (no likelihood weighting),
+   the same TimeMLP for all processes (input (x, v) for order 2, x for order 1, plus ``cond``).
+8. A is trained with Adam (``a_lr``), not a decreasing SA step size; updates stop at ``a_stop_frac``
+   of training so that the score network adapts to the final A. The Adam state is checkpointed.
+9. Backward trajectories for the A update start from the A = 0 process's terminal law (the SB
+   reference prior), not from the current process's, so A is pushed to carry data to that prior.
+10. Conditional models (forecasting) condition the score network on the context window by input
+   concatenation; the A update then uses the current batch's contexts.
+11. The experiments run the momentum processes at constant beta = 2 (CLD's paper uses 4): with the
+   x8-stretched axis the forward process alone then does not forget the data, which is the regime
+   where a learned stiffness can help (VSDM's README likewise runs VSDM at half VP's beta_max).
 """
 
 from __future__ import annotations
@@ -82,7 +97,7 @@ class MomentumDiffusion(GenLabModule):
         forecast_samples: int = 100,
         image_side: int = 8,
         feature_steps: int = 600,
-        time_grid_size: int = 1000,
+        time_grid_size: int = 500,
     ) -> None:
         super().__init__()
         if task not in TASKS:

@@ -36,11 +36,25 @@ class MemorizationCallback(L.Callback):
     * a histogram of the ratios and, for image data, samples beside their nearest training images.
     """
 
-    def __init__(self, every_n_steps: int = 1000, n: int = 256, threshold: float = MEMORIZATION_THRESHOLD,
-                 n_pairs: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        n: int = 256,
+        threshold: float = MEMORIZATION_THRESHOLD,
+        n_pairs: int = 16,
+        seed: int = 0,
+    ) -> None:
         if n < 1 or not 0 < threshold <= 1:
-            raise ValueError(f"MemorizationCallback: need n >= 1 and 0 < threshold <= 1, got {n}, {threshold}")
-        self.every_n_steps, self.n, self.threshold, self.n_pairs, self.seed = every_n_steps, n, threshold, n_pairs, seed
+            raise ValueError(
+                f"MemorizationCallback: need n >= 1 and 0 < threshold <= 1, got {n}, {threshold}"
+            )
+        self.every_n_steps, self.n, self.threshold, self.n_pairs, self.seed = (
+            every_n_steps,
+            n,
+            threshold,
+            n_pairs,
+            seed,
+        )
         self.last: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -89,6 +103,8 @@ class MemorizationCallback(L.Callback):
             return
         k = min(self.n_pairs, len(samples))
         order = ratio.argsort()[:k]  # the most memorised first
-        pairs = torch.stack([imgs[order], _as_images(train)[nn1[order]]], dim=1).reshape(2 * k, *imgs.shape[1:])
+        pairs = torch.stack([imgs[order], _as_images(train)[nn1[order]]], dim=1).reshape(
+            2 * k, *imgs.shape[1:]
+        )
         captions = [c for i in order.tolist() for c in (f"sample r={ratio[i]:.2f}", f"train #{int(nn1[i])}")]
         log_images(trainer, "memorization/nearest", pairs, captions, nrow=8)

@@ -36,15 +36,19 @@ class RepresentationCallback(L.Callback):
             return {}
         for attr in ("representation", "weight", "data_mean"):
             if not hasattr(pl_module, attr):
-                raise ValueError(f"RepresentationCallback needs a module with `{attr}` (ReLUDAE, ReLUDiffusion); "
-                                 f"{type(pl_module).__name__} has none")
+                raise ValueError(
+                    f"RepresentationCallback needs a module with `{attr}` (ReLUDAE, ReLUDiffusion); "
+                    f"{type(pl_module).__name__} has none"
+                )
         gen = torch.Generator().manual_seed(self.seed)
         train = trainer.datamodule.train_tensor().float()
         train = train[torch.randperm(len(train), generator=gen)[: self.n]].to(pl_module.device)
         h = pl_module.representation(train, generator=gen).cpu()
         weight = pl_module.weight.detach().float().cpu()
         self.last = {f"representation/{k}": v for k, v in activation_spread(h).items()}
-        self.last["representation/row_cosine"] = active_row_cosine(weight, train.cpu() - pl_module.data_mean.cpu())
+        self.last["representation/row_cosine"] = active_row_cosine(
+            weight, train.cpu() - pl_module.data_mean.cpu()
+        )
         for key, value in self.last.items():
             pl_module.log(key, value, rank_zero_only=True)
         side = int(round(weight.shape[1] ** 0.5))

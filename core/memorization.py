@@ -1,8 +1,9 @@
 """Representation and memorization measures (Zhang, Li, et al., arXiv 2512.20963, section 4 of METHODS.md).
 
 * Spread of a hidden activation vector h (B, H): ``activation_std`` (std across units),
-  ``activation_cv`` (std / mean across units, its scale-free form) and ``activation_l4_l2`` (|h|_4 / |h|_2, scale-free; it lies in [H^{-1/4}, 1], H^{-1/4} for a uniform
-  vector, 1 for a single active unit). "Spiky" (memorising) representations have a large spread,
+  ``activation_cv`` (std / mean across units, its scale-free form) and ``activation_l4_l2``
+  (|h|_4 / |h|_2, in [H^{-1/4}, 1]: H^{-1/4} for a uniform vector, 1 for a single active unit).
+  "Spiky" (memorising) representations have a large spread,
   "balanced" (generalising) ones a small spread.
 * ``active_rows`` / ``row_max_cosine``: the encoder rows that fire on the training set and the max
   cosine of each to the mean-centred training images (the shared -1 background of MNIST would
@@ -41,7 +42,9 @@ def activation_cv(h: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     _check_matrix("h", h)
     h = h.float()
     mean = h.mean(1)
-    return torch.where(mean.abs() > eps, h.std(1, unbiased=False) / mean.abs().clamp_min(eps), torch.zeros_like(mean))
+    return torch.where(
+        mean.abs() > eps, h.std(1, unbiased=False) / mean.abs().clamp_min(eps), torch.zeros_like(mean)
+    )
 
 
 def activation_l4_l2(h: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -108,7 +111,10 @@ def active_row_cosine(weight: torch.Tensor, x_train: torch.Tensor, min_fire_frac
 
 
 def nearest_two(
-    queries: torch.Tensor, reference: torch.Tensor, query_chunk: int = 1024, ref_chunk: int = 4096,
+    queries: torch.Tensor,
+    reference: torch.Tensor,
+    query_chunk: int = 1024,
+    ref_chunk: int = 4096,
     candidates: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Euclidean distances and indices of the two nearest reference rows of every query.
@@ -169,8 +175,9 @@ def memorization_rate(ratio: torch.Tensor, threshold: float = MEMORIZATION_THRES
 
 def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> None:
     if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D of one length, got {tuple(scores.shape)}, "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"scores and labels must be 1-D of one length, got {tuple(scores.shape)}, {tuple(labels.shape)}"
+        )
 
 
 def detection_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:

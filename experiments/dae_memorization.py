@@ -9,8 +9,8 @@ Claims (from each variant's test metrics, see modules.relu_dae):
   is > 0.9 at the smallest n and < 0.6 at the largest;
 * ``generalization_gap_shrinks``: test minus train denoising loss falls monotonically as n grows.
 
-Also ``FullBatchMNIST``: MNIST as one pre-collated full batch per step (the paper's full-batch
-training; collating thousands of single examples every step would dominate a CPU run).
+Also ``TensorBatchMNIST``: MNIST as one pre-built batch per step (the full training set for the paper's
+full-batch training; collating thousands of single examples every step would dominate a CPU run).
 """
 
 from __future__ import annotations
@@ -25,23 +25,38 @@ from datamodules.mnist import MNISTDataModule
 from suite.results import Claim, VariantResult
 
 
-class _WholeSet(Dataset):
-    def __init__(self, ds) -> None:
-        self.batch = {"x": ds.x, "index": torch.arange(len(ds.x)), **ds.extras}
+class _TensorBatches(Dataset):
+    """Item i = the batch of step i: the whole training set when ``batch_size`` >= n, else ``batch_size``
+    examples drawn with a generator seeded by (seed, i), by tensor indexing. One item per step, with no
+    per-example collation (which dominated these tiny models' steps on a loaded CPU)."""
+
+    def __init__(self, ds, batch_size: int, seed: int, length: int) -> None:
+        self.x, self.extras, self.batch_size, self.seed, self.length = ds.x, ds.extras, batch_size, seed, length
 
     def __len__(self) -> int:
-        return 1
+        return self.length
 
     def __getitem__(self, i: int) -> dict:
-        return self.batch
+        n = len(self.x)
+        if self.batch_size >= n:
+            idx = torch.arange(n)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            idx = torch.randperm(n, generator=gen)[: self.batch_size]
+        return {"x": self.x[idx], "index": idx, **{k: v[idx] for k, v in self.extras.items()}}
 
 
-class FullBatchMNIST(MNISTDataModule):
-    """:class:`~datamodules.mnist.MNISTDataModule` whose training loader yields the whole training set
-    as one batch (one optimiser step = one epoch); validation and test loaders are unchanged."""
+class TensorBatchMNIST(MNISTDataModule):
+    """:class:`~datamodules.mnist.MNISTDataModule` (same arguments) whose training loader yields one
+    pre-built batch per step: the full training set when ``batch_size`` >= n_train (the paper's full-batch
+    DAE training), else a seeded random minibatch. An epoch is ``steps_per_epoch`` steps, so Lightning's
+    per-epoch overhead does not dominate one-step epochs. Validation and test loaders are unchanged."""
+
+    steps_per_epoch = 100_000
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_WholeSet(self.train_set), batch_size=None, shuffle=False)
+        ds = _TensorBatches(self.train_set, self.batch_size, self.seed, self.steps_per_epoch)
+        return DataLoader(ds, batch_size=None, shuffle=False)
 
 
 def n_train_of(var: VariantResult) -> int | None:
@@ -77,14 +92,18 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     else:
         n_lo, n_hi = min(spread), max(spread)
         (m_lo, s_lo), (m_hi, s_hi) = _mean_std(spread[n_lo]), _mean_std(spread[n_hi])
-        detail = (f"coefficient of variation across hidden units of h = relu(W(x + 0.2 eps - mu)) on the training "
-                  f"set, mean over seeds: n={n_lo}: {m_lo:.3f} (seeds {len(spread[n_lo])}), n={n_hi}: {m_hi:.3f} "
-                  f"(seeds {len(spread[n_hi])}); margin = seed std added in quadrature")
+        detail = (
+            f"coefficient of variation across hidden units of h = relu(W(x + 0.2 eps - mu)) on the training "
+            f"set, mean over seeds: n={n_lo}: {m_lo:.3f} (seeds {len(spread[n_lo])}), n={n_hi}: {m_hi:.3f} "
+            f"(seeds {len(spread[n_hi])}); margin = seed std added in quadrature"
+        )
         if math.isnan(s_lo) or math.isnan(s_hi):
             out["spiky_when_memorizing"] = Claim.uncomputable(detail + "; one seed gives no spread", m_hi)
         else:
             margin = math.hypot(s_lo, s_hi)
-            out["spiky_when_memorizing"] = Claim(m_lo - m_hi > margin, m_lo, m_hi, detail + f" = {margin:.3g}")
+            out["spiky_when_memorizing"] = Claim(
+                m_lo - m_hi > margin, m_lo, m_hi, detail + f" = {margin:.3g}"
+            )
     cos = by_n(variants, "test/row_cosine")
     if len(cos) < 2:
         out["rows_store_samples"] = Claim.uncomputable("needs variants at two n_train values")
@@ -92,18 +111,26 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
         n_lo, n_hi = min(cos), max(cos)
         c_lo, c_hi = _mean_std(cos[n_lo])[0], _mean_std(cos[n_hi])[0]
         out["rows_store_samples"] = Claim(
-            c_lo > 0.9 and c_hi < 0.6, {"small_n": c_lo, "large_n": c_hi}, {"small_n": "> 0.9", "large_n": "< 0.6"},
-            f"mean over active encoder rows (rows with W(x - mu) > 0 on some training image) of the max cosine to "
-            f"the mean-centred training images, averaged over seeds; n={n_lo} vs n={n_hi}")
+            c_lo > 0.9 and c_hi < 0.6,
+            {"small_n": c_lo, "large_n": c_hi},
+            {"small_n": "> 0.9", "large_n": "< 0.6"},
+            "mean over active encoder rows (rows with W(x - mu) > 0 on some training image) of the max "
+            f"cosine to the mean-centred training images, averaged over seeds; n={n_lo} vs n={n_hi}",
+        )
     gap = by_n(variants, "test/generalization_gap")
     if len(gap) < 3:
-        out["generalization_gap_shrinks"] = Claim.uncomputable("needs variants at three or more n_train values")
+        out["generalization_gap_shrinks"] = Claim.uncomputable(
+            "needs variants at three or more n_train values"
+        )
     else:
         means = {n: _mean_std(v)[0] for n, v in gap.items()}
         vals = list(means.values())
         falls = all(a > b for a, b in zip(vals, vals[1:]))
         out["generalization_gap_shrinks"] = Claim(
-            falls, {str(n): m for n, m in means.items()}, "strictly decreasing in n",
-            "held-out minus training denoising MSE per pixel at sigma = 0.2 with fixed noise (held-out: the test "
-            f"split's {cfg.data.get('n_val', 200)}+ non-validation digits), mean over seeds, by n_train")
+            falls,
+            {str(n): m for n, m in means.items()},
+            "strictly decreasing in n",
+            "held-out minus training denoising MSE per pixel at sigma = 0.2 with fixed noise (held-out: the "
+            f"test split's {cfg.data.get('n_val', 200)}+ non-validation digits), mean over seeds, by n_train",
+        )
     return out

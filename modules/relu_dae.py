@@ -53,7 +53,9 @@ class ReLUDAE(GenLabModule):
         if sigma <= 0 or width < 1 or dim < 1:
             raise ValueError(f"module: need sigma > 0, width >= 1, dim >= 1; got {sigma}, {width}, {dim}")
         self.save_hyperparameters()
-        self.weight = nn.Parameter(init_scale * torch.randn(width, dim) / dim**0.5)  # global RNG: run.py's seed sets the init
+        self.weight = nn.Parameter(
+            init_scale * torch.randn(width, dim) / dim**0.5
+        )  # global RNG: run.py's seed sets the init
         self.register_buffer("data_mean", torch.zeros(dim))
         self._test_x: list[torch.Tensor] = []
 
@@ -68,7 +70,7 @@ class ReLUDAE(GenLabModule):
 
     @torch.no_grad()
     def representation(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Hidden activations of the noisy input x + sigma eps at the training noise level: (B, d) -> (B, H)."""
+        """Hidden activations of the noisy input x + sigma eps (training noise level): (B, d) -> (B, H)."""
         eps = torch.randn(x.shape, generator=generator).to(x)
         return self.hidden(x + self.hparams.sigma * eps)
 

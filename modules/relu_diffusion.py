@@ -10,7 +10,14 @@ in VE time, ``sample_steps`` = 60 Euler steps, core.samplers), started from N(mu
 denoising step x0_hat(x, sigma_min). ``mu`` is the training mean (a buffer set at fit start).
 
 ``sample(n, steering=Steering(v, alpha, sigma_start))`` adds alpha * v to relu(W (x - mu)) while
-sigma <= sigma_start (core.steering). Test-time measures live in ``experiments.relu_diffusion_memorization``.
+sigma <= sigma_start (core.steering).
+
+Test time (on_test_epoch_end, rank 0): ``eval_samples`` generations; their NN-ratio memorization rate
+against the training set; the detection score (coefficient of variation of the hidden representation
+of the lightly re-noised generation, core.memorization.activation_cv) with its AUROC and TPR@1%FPR
+against the NN-ratio labels, saved to ``detection.pt`` in the run folder for the two-model comparison;
+and, when ``steering_alphas`` is set, the target-class rate and the FID-style distance (core.features)
+of steered generations per alpha.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.memorization import activation_cv, detection_auroc, memorized, nearest_neighbor_ratio, tpr_at_fpr
 from core.processes import VE
 from core.samplers import SampleResult, ode_euler, probability_flow, time_grid
 from core.steering import Steering
@@ -34,6 +42,11 @@ class ReLUDiffusion(GenLabModule):
     sample_steps: Euler steps of the geometric-sigma sampler.
     detect_sigma: noise level of the light re-noising used by the detection score.
     center: subtract the training mean (the encoder has no bias; see modules.relu_dae).
+    eval_samples: generations measured at test time.
+    steering_alphas: strengths evaluated at test time (empty: no steering evaluation).
+    steering_target: the digit whose mean activation is the steering direction.
+    steering_sigma_start: steering acts while sigma <= this (the later sampling steps).
+    steering_samples, feature_steps: generations per alpha; training steps of the feature network.
     """
 
     def __init__(
@@ -48,15 +61,24 @@ class ReLUDiffusion(GenLabModule):
         sample_steps: int = 60,
         detect_sigma: float = 0.1,
         center: bool = True,
+        eval_samples: int = 500,
+        steering_alphas: list[float] | None = None,
+        steering_target: int = 0,
+        steering_sigma_start: float = 0.5,
+        steering_samples: int = 300,
+        feature_steps: int = 600,
     ) -> None:
         super().__init__()
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"module: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.save_hyperparameters()
-        self.weight = nn.Parameter(torch.randn(width, dim) / dim**0.5)  # global RNG: run.py's seed sets the init
+        self.weight = nn.Parameter(
+            torch.randn(width, dim) / dim**0.5
+        )  # global RNG: run.py's seed sets the init
         self.gain = nn.Sequential(nn.Linear(1, gain_hidden), nn.SiLU(), nn.Linear(gain_hidden, width + 1))
         self.register_buffer("data_mean", torch.zeros(dim))
         self.process = VE(sigma_min, sigma_max)
+        self._test_x: list[torch.Tensor] = []
 
     # -- model ------------------------------------------------------------------------------------
     def _gains(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,13 +97,15 @@ class ReLUDiffusion(GenLabModule):
         return pre * gains, skip
 
     def hidden(self, x: torch.Tensor, sigma: torch.Tensor, steering: Steering | None = None) -> torch.Tensor:
-        """h(x, sigma) (B, H); ``sigma`` is a (B,) tensor. Steering shifts relu(W (x - mu)) before the gain."""
+        """h(x, sigma) (B, H); ``sigma`` is (B,). Steering shifts relu(W (x - mu)) before the gain."""
         return self._hidden_and_skip(x, sigma, steering)[0]
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, steering: Steering | None = None) -> torch.Tensor:
         """x0_hat(x, sigma): x (B, d), sigma (B,) -> (B, d)."""
         if x.ndim != 2 or x.shape[1] != self.hparams.dim:
-            raise ValueError(f"ReLUDiffusion expects flat inputs (B, {self.hparams.dim}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"ReLUDiffusion expects flat inputs (B, {self.hparams.dim}), got {tuple(x.shape)}"
+            )
         h, skip = self._hidden_and_skip(x, sigma, steering)
         return self.data_mean + h @ self.weight + skip * (x - self.data_mean)
 
@@ -111,8 +135,96 @@ class ReLUDiffusion(GenLabModule):
         gen = torch.Generator().manual_seed(1234 + batch_idx)
         self.log("val/loss", self.compute_loss(batch, generator=gen), sync_dist=True)
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._test_x.append(batch["x"].detach().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        heldout = torch.cat(self._test_x)
+        self._test_x = []
+        if not self.trainer.is_global_zero:
+            return
+        metrics = self.memorization_report(self.trainer.datamodule.train_tensor().float())
+        if self.hparams.steering_alphas:
+            metrics.update(self.steering_report(heldout))
+        for name, value in metrics.items():
+            self.log(f"test/{name}", value, rank_zero_only=True)
+
+    @torch.no_grad()
+    def memorization_report(self, train: torch.Tensor) -> dict[str, float]:
+        """NN-ratio memorization of ``eval_samples`` generations and the representation detector."""
+        gen = torch.Generator().manual_seed(4321)
+        x = self.sample(self.hparams.eval_samples, generator=gen).x.cpu()
+        ratio, _ = nearest_neighbor_ratio(x, train.cpu())
+        labels = memorized(ratio)
+        scores = activation_cv(self.representation(x.to(self.device), generator=gen).cpu())
+        torch.save(
+            {"scores": scores, "labels": labels, "ratio": ratio},
+            f"{self.trainer.default_root_dir}/detection.pt",
+        )
+        out = {
+            "memorization_rate": float(labels.float().mean()),
+            "ratio_median": float(ratio.median()),
+            "detection_score_mean": float(scores.mean()),
+        }
+        auroc, tpr = detection_auroc(scores, labels), tpr_at_fpr(scores, labels, 0.01)
+        if auroc is not None:  # undefined when all or none of the generations are memorised
+            out["detection_auroc"], out["detection_tpr_at_1fpr"] = auroc, tpr
+        return out
+
+    @torch.no_grad()
+    def steering_report(self, heldout: torch.Tensor) -> dict[str, float]:
+        """Target-class rate and FID-style distance to held-out digits of steered generations per alpha,
+        measured with the suite's MNIST feature network trained on the offline training split."""
+        from callbacks.media import log_images
+        from core.features import class_rates, extract_features, frechet_distance, train_feature_net
+        from core.steering import concept_direction, steering_sweep
+        from datamodules.mnist import downsample, load_mnist
+
+        h, dm = self.hparams, self.trainer.datamodule
+        train_x, train_y = dm.train_tensor().float(), dm.train_set.extras["y"]
+        v = concept_direction(self.encode(train_x.to(self.device)).cpu(), train_y, h.steering_target)
+        side = int(round(h.dim**0.5))
+        if side * side != h.dim or 28 % side:
+            raise ValueError(
+                f"module.dim={h.dim}: steering evaluation needs square MNIST images (784, 196 or 49)"
+            )
+        # trainer.test runs under inference mode; the feature network is trained here, so leave it
+        with torch.inference_mode(False), torch.enable_grad():
+            pool_x, pool_y, _, _ = load_mnist(getattr(dm, "root", None))
+            pool_x = downsample(pool_x, side) if side != 28 else pool_x
+            net = train_feature_net(
+                pool_x.clone(), pool_y.clone(), num_classes=10, steps=h.feature_steps, seed=0
+            )
+        images = lambda x: x.cpu().reshape(-1, 1, side, side)  # noqa: E731
+        ref = extract_features(net, images(heldout))
+
+        def sample(steering):
+            return self.sample(
+                h.steering_samples, generator=torch.Generator().manual_seed(99), steering=steering
+            ).x
+
+        results, grids = steering_sweep(
+            sample,
+            v.to(self.device),
+            list(h.steering_alphas),
+            h.steering_sigma_start,
+            h.steering_target,
+            classifier=lambda x: net(images(x)),
+            features=lambda x: extract_features(net, images(x)),
+            frechet=frechet_distance,
+            reference_features=ref,
+        )
+        out = {}
+        for alpha, r in results.items():
+            out[f"steer_rate_a{alpha:g}"], out[f"steer_fd_a{alpha:g}"] = r["class_rate"], r["fd"]
+            log_images(self.trainer, f"steering/alpha={alpha:g}", images(grids[alpha][:64]).clamp(-1, 1))
+        out["real_target_rate"] = float(class_rates(net, images(heldout))[h.steering_target])
+        return out
+
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
 
     # -- generation and detection -----------------------------------------------------------------
     @torch.no_grad()
@@ -141,7 +253,9 @@ class ReLUDiffusion(GenLabModule):
             times = time_grid(proc.T, proc.t_min, steps or self.hparams.sample_steps, "uniform")
             noise = torch.randn((n, self.hparams.dim), generator=generator).to(self.data_mean)
             x = self.data_mean + self.hparams.sigma_max * noise
-            res = ode_euler(x, times, drift=probability_flow(proc, score), return_trajectory=return_trajectory)
+            res = ode_euler(
+                x, times, drift=probability_flow(proc, score), return_trajectory=return_trajectory
+            )
             final = x0_hat(res.x, torch.full((n,), float(times[-1])))
             traj = None if res.trajectory is None else [*res.trajectory, final]
             return SampleResult(x=final, times=times, nfe=res.nfe + 1, trajectory=traj)
@@ -155,4 +269,3 @@ class ReLUDiffusion(GenLabModule):
         s = self.hparams.detect_sigma
         eps = torch.randn(x.shape, generator=generator).to(x)
         return self.hidden(x + s * eps, torch.full((len(x),), s, device=x.device, dtype=x.dtype))
-

@@ -41,9 +41,16 @@ class _Replay(L.LightningModule):
 
 
 def _fit(module, dm, callbacks, steps=2):
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
-                        default_root_dir=str(callbacks[0].tmp))
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=str(callbacks[0].tmp),
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -71,7 +78,10 @@ def test_callback_runs_on_the_diffusion_2d_module(tmp_path):
     dm = Toy2DDataModule(n_train=64, n_val=16, n_test=16, batch_size=32)
     trainer = _fit(module, dm, [cb], steps=2)
     rate = trainer.callback_metrics["memorization/rate"].item()
-    assert 0.0 <= rate <= 1.0 and 0.0 <= cb.last["memorization/ratio_q10"] <= cb.last["memorization/ratio_median"]
+    assert (
+        0.0 <= rate <= 1.0
+        and 0.0 <= cb.last["memorization/ratio_q10"] <= cb.last["memorization/ratio_median"]
+    )
 
 
 def test_representation_callback_on_a_dae_storing_samples(tmp_path):

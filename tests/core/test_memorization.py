@@ -30,10 +30,10 @@ def test_uniform_activation_has_minimum_spread_and_one_hot_the_maximum():
     one_hot[0, 3] = 5.0
     rand = torch.rand(200, H) + 0.01
     assert activation_std(uniform).item() == pytest.approx(0.0, abs=1e-7)
-    assert activation_l4_l2(uniform).item() == pytest.approx(H ** -0.25, rel=1e-6)
+    assert activation_l4_l2(uniform).item() == pytest.approx(H**-0.25, rel=1e-6)
     assert activation_l4_l2(one_hot).item() == pytest.approx(1.0, rel=1e-6)
     spread = activation_l4_l2(rand)
-    assert bool((spread > H ** -0.25).all()) and bool((spread < 1.0).all())
+    assert bool((spread > H**-0.25).all()) and bool((spread < 1.0).all())
     # std across units of a two-valued vector (k units at a, rest 0): exact a*sqrt(p(1-p))
     two = torch.zeros(1, 10)
     two[0, :4] = 2.0
@@ -63,7 +63,7 @@ def test_rows_made_of_training_images_have_cosine_one():
     a, b = torch.zeros(4), torch.zeros(4)
     a[0], b[1] = 1.0, 1.0
     pts = torch.stack([a, b, -a, -b])  # mean zero, so centring leaves them as they are
-    assert row_max_cosine((a + b)[None], pts).item() == pytest.approx(2 ** -0.5, rel=1e-6)
+    assert row_max_cosine((a + b)[None], pts).item() == pytest.approx(2**-0.5, rel=1e-6)
     # random rows are far from every (centred) image; raw background dominates only without centring
     rand_rows = torch.randn(50, 64, generator=g)
     assert float(row_max_cosine(rand_rows, x_train).mean()) < 0.6
@@ -146,7 +146,13 @@ def test_nn_search_60k_by_10k_stays_under_2gb():
         "assert dist.shape == (10000, 2)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"OMP_NUM_THREADS": "2", "PATH": ""}, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"OMP_NUM_THREADS": "2", "PATH": ""},
+        cwd=str(__import__("pathlib").Path(__file__).parents[2]),
+    )
     peak_kb = int(out.stdout.strip().splitlines()[-1])
     assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"

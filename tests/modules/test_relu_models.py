@@ -87,7 +87,9 @@ def test_steering_adds_alpha_v_only_in_later_steps_and_alpha_zero_is_identity():
     assert torch.allclose(steered - base, 0.5 * v * gains, atol=1e-6)
     assert torch.equal(m.hidden(x, sigma, Steering(v, alpha=0.5, sigma_start=0.05)), base)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    assert torch.equal(m.sample(3, generator=gen(), steering=Steering(v, 0.0)).x, m.sample(3, generator=gen()).x)
+    assert torch.equal(
+        m.sample(3, generator=gen(), steering=Steering(v, 0.0)).x, m.sample(3, generator=gen()).x
+    )
     hidden = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
     assert concept_direction(hidden, torch.tensor([7, 7, 1]), 7).tolist() == [2.0, 1.0]
     with pytest.raises(ValueError, match="no example"):
@@ -103,3 +105,24 @@ def test_compute_loss_is_reproducible_with_a_generator():
     assert m.compute_loss(batch).item() > 0  # keyed per-example noise path
     with pytest.raises(ValueError, match="flat inputs"):
         m(torch.zeros(2, 5), torch.ones(2))
+
+
+def test_steering_sweep_reports_class_rate_and_distance_per_alpha():
+    from core.steering import steering_sweep
+
+    def sample(steering):  # alpha a: a fraction min(a, 1) of 10 samples lands in class 1
+        k = int(round(10 * min(steering.alpha, 1.0)))
+        return torch.cat([torch.ones(k, 2), -torch.ones(10 - k, 2)])
+
+    def classifier(x):
+        return torch.stack([-x[:, 0], x[:, 0]], dim=1)  # class 1 when the first coordinate is positive
+
+    res, grids = steering_sweep(
+        sample, torch.ones(3), [0.0, 0.3, 2.0], 0.5, 1, classifier,
+        features=lambda x: x, frechet=lambda a, b: float((a.mean(0) - b.mean(0)).norm()),
+        reference_features=torch.zeros(4, 2),
+    )
+    assert [res[a]["class_rate"] for a in (0.0, 0.3, 2.0)] == pytest.approx([0.0, 0.3, 1.0])
+    assert res[0.0]["fd"] == pytest.approx(2**0.5) and res[2.0]["fd"] == pytest.approx(2**0.5)
+    assert res[0.3]["fd"] == pytest.approx(0.4 * 2**0.5)
+    assert grids[2.0].shape == (10, 2)

@@ -50,9 +50,7 @@ def ridge_time_by_eigengap(
         gap = float(ridge_geometry(query, pts, process, float(t), d_star, w).relative_eigengap.median())
         if gap >= min_gap:
             return float(t), gap
-    raise ValueError(
-        f"no time in [t_min, T] gives a median relative eigengap >= {min_gap} at d_star = {d_star}"
-    )
+    raise ValueError(f"no time in [t_min, T] gives a median relative eigengap >= {min_gap} at d_star = {d_star}")
 
 
 def final_sample_metrics(
@@ -138,8 +136,8 @@ def plot_ridge_2d(
     title: str = "",
     n_traj: int = 30,
 ):
-    """Trajectories (data units, x_k / a_{t_k}) over log p of the data smoothed at the ridge time, with
-    the ridge (points where the normalised normal score is small) drawn; first two coordinates."""
+    """Trajectories (data units, x_k / a_{t_k}; pass the late part) over log p of the data smoothed at
+    the ridge time, with the ridge (normalised normal score < 0.05, normal eigenvalues < 0) drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,26 +145,55 @@ def plot_ridge_2d(
 
     pts, w = unique_with_weights(train)
     a_r = float(process.alpha(torch.tensor(ridge_time, dtype=torch.float64)))
-    lo = torch.minimum(pts.min(0).values, final.min(0).values)[:2].double() - 1.0
-    hi = torch.maximum(pts.max(0).values, final.max(0).values)[:2].double() + 1.0
-    gx, gy = torch.meshgrid(
-        torch.linspace(lo[0], hi[0], 120), torch.linspace(lo[1], hi[1], 120), indexing="xy"
-    )
+    lo = torch.minimum(pts.min(0).values, final.min(0).values)[:2].double()
+    hi = torch.maximum(pts.max(0).values, final.max(0).values)[:2].double()
+    centre, half = (lo + hi) / 2, float((hi - lo).max()) / 2 + 1.0  # a square box
+    lo, hi = centre - half, centre + half
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 120), torch.linspace(lo[1], hi[1], 120), indexing="xy")
     grid = torch.zeros(gx.numel(), pts.shape[1], dtype=torch.float64)
     grid[:, 0], grid[:, 1] = gx.reshape(-1), gy.reshape(-1)
     geo = ridge_geometry(a_r * grid, pts, process, ridge_time, d_star, w)
     from core.ridge import empirical_log_density
 
     logp = empirical_log_density(a_r * grid, pts, process, ridge_time, w).reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
     ax.contourf(gx, gy, logp, levels=30, cmap="Greys")
     on = (geo.normalized_normal_score < 0.05) & (geo.eigenvalues[:, : geo.normal_dim] < 0).all(1)
     ax.scatter(grid[on, 0], grid[on, 1], s=1, c="C3", label=f"ridge (t={ridge_time:.3g})")
+    ax.plot(trajectory[:, :n_traj, 0], trajectory[:, :n_traj, 1], lw=0.5, c="C1", alpha=0.6)
     ax.scatter(final[:, 0], final[:, 1], s=3, c="C0", alpha=0.5, label="samples")
     ax.scatter(pts[:, 0], pts[:, 1], s=30, marker="x", c="k", label="data")
-    ax.plot(trajectory[:, :n_traj, 0], trajectory[:, :n_traj, 1], lw=0.5, c="C1", alpha=0.6)
     ax.set_xlim(float(lo[0]), float(hi[0]))
     ax.set_ylim(float(lo[1]), float(hi[1]))
+    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_projection(
+    trajectory: torch.Tensor, train: torch.Tensor, final: torch.Tensor, title: str = "", n_traj: int = 30
+):
+    """Training points, final samples and (late) trajectories on the top two principal axes of the
+    training set, for data of more than two dimensions (e.g. a latent space)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = train.mean(0)
+    _, _, vt = torch.linalg.svd(train - mean, full_matrices=False)
+    axes = vt[:2].T  # (d, 2)
+
+    def proj(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean) @ axes
+
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    tr = proj(trajectory[:, :n_traj].reshape(-1, train.shape[1])).reshape(len(trajectory), -1, 2)
+    ax.plot(tr[:, :, 0], tr[:, :, 1], lw=0.5, c="C1", alpha=0.5)
+    ax.scatter(*proj(train).T, s=4, c="0.4", label="training points")
+    ax.scatter(*proj(final).T, s=4, c="C0", alpha=0.6, label="samples")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
     ax.legend(loc="upper right", fontsize=7, markerscale=3)
     ax.set_title(title, fontsize=9)
     return fig
@@ -210,9 +237,7 @@ def sde_drift_displacement(module, times: torch.Tensor):
         t0, dt = times[k], times[k + 1] - times[k]
         tv = t0.to(x.dtype).expand(x.shape[0]).to(module.device)
         xs = x.to(module.device, torch.float32)
-        drift = process.drift_coef(tv)[:, None] * xs - process.diffusion_sq(tv)[:, None] * module.score(
-            xs, tv
-        )
+        drift = process.drift_coef(tv)[:, None] * xs - process.diffusion_sq(tv)[:, None] * module.score(xs, tv)
         return (drift * dt).cpu()
 
     return disp
@@ -278,9 +303,7 @@ class RidgeCallback(L.Callback):
             ref = trainer.datamodule.train_tensor()
         ref = ref.detach().double().cpu().reshape(len(ref), -1)
         g = torch.Generator().manual_seed(self.seed)
-        return (
-            ref[torch.randperm(len(ref), generator=g)[: self.max_train]] if len(ref) > self.max_train else ref
-        )
+        return ref[torch.randperm(len(ref), generator=g)[: self.max_train]] if len(ref) > self.max_train else ref
 
     @torch.no_grad()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -291,9 +314,7 @@ class RidgeCallback(L.Callback):
             raise ValueError(
                 f"callbacks.ridge.d_star = {self.d_star} must be below the data dimension {train.shape[1]}"
             )
-        res = pl_module.sample(
-            self.n, generator=torch.Generator().manual_seed(self.seed), return_trajectory=True
-        )
+        res = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed), return_trajectory=True)
         traj = torch.stack([s.detach().double().cpu().reshape(self.n, -1) for s in res.trajectory])
         times = res.times.detach().double().cpu()
         process = pl_module.process
@@ -327,16 +348,19 @@ class RidgeCallback(L.Callback):
         from callbacks.media import log_figure
 
         log_figure(trainer, "ridge/series", plot_series(series, phases, f"step {trainer.global_step}"))
+        a = torch.tensor([float(process.alpha(t)) for t in times], dtype=torch.float64)
+        late = traj[int((times > t_r).sum()) :] / a[int((times > t_r).sum()) :, None, None]  # t <= t_r
         if traj.shape[2] == 2:
-            a = torch.tensor([float(process.alpha(t)) for t in times], dtype=torch.float64)
             fig = plot_ridge_2d(
-                traj / a[:, None, None],
+                late,
                 train,
                 process,
                 t_r,
                 self.d_star,
                 traj[-1] / a_end,
-                f"trajectories, ridge of p_t at t={t_r:.3g}",
+                f"trajectories for t <= {t_r:.3g}, ridge of p_t at t = {t_r:.3g}",
             )
-            log_figure(trainer, "ridge/trajectories", fig)
+        else:
+            fig = plot_projection(late, train, traj[-1] / a_end, f"principal-axis projection, t <= {t_r:.3g}")
+        log_figure(trainer, "ridge/trajectories", fig)
         return metrics

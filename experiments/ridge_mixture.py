@@ -125,9 +125,7 @@ def run_job(
     sgen = torch.Generator().manual_seed(seed + 2)
     x_T = process.prior_sample((n_samples, train.shape[1]), generator=sgen).double()
     with torch.no_grad():
-        res = euler_maruyama(
-            x_T, times, drift=recorded, diffusion=diffusion, generator=sgen, return_trajectory=True
-        )
+        res = euler_maruyama(x_T, times, drift=recorded, diffusion=diffusion, generator=sgen, return_trajectory=True)
     traj = torch.stack([s[:n_traj] for s in res.trajectory])
     disp = torch.stack(drifts) * (times[1:] - times[:-1])[:, None, None]
     final = res.x / float(process.alpha(times[-1]))
@@ -144,9 +142,11 @@ def run_job(
     near_f, inter_f = float(near.double().mean()), float(inter.double().mean())
     title = f"RF width {width}, tau {tau:g}: near {near_f:.2f}, inter {inter_f:.2f}"
     a = torch.tensor([float(process.alpha(t)) for t in times], dtype=torch.float64)
-    plot_ridge_2d(traj / a[:, None, None], train, process, t_r, d_star, final, title).savefig(
-        out / "trajectories.png"
+    k_r = int((times > t_r).sum())  # draw the trajectories from the ridge time on (data units)
+    fig = plot_ridge_2d(
+        traj[k_r:] / a[k_r:, None, None], train, process, t_r, d_star, final, title + f", t <= {t_r:.3g}"
     )
+    fig.savefig(out / "trajectories.png")
     plot_series(series, phases, title).savefig(out / "series.png")
     import matplotlib.pyplot as plt
 
@@ -220,9 +220,7 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     out: dict[str, Claim] = {}
     big = _group(variants, widths[-1], True)
     if not big:
-        out["aligns_then_slides"] = Claim.uncomputable(
-            "needs the variant at the largest width with tau = inf"
-        )
+        out["aligns_then_slides"] = Claim.uncomputable("needs the variant at the largest width with tau = inf")
     else:
         per_seed = []
         for v in big:
@@ -236,9 +234,7 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
             )
         ordered = all(bool(v.metrics["test/phases_ordered"]) for v in big)
         offset = sum(v.metrics["test/normal_offset_rel"] for v in big) / len(big)
-        slide_ok = all(
-            v.metrics["test/last20_tangent_share"] > v.metrics["test/last20_normal_share"] for v in big
-        )
+        slide_ok = all(v.metrics["test/last20_tangent_share"] > v.metrics["test/last20_normal_share"] for v in big)
         m0 = big[0].metrics
         out["aligns_then_slides"] = Claim(
             ordered and offset < 0.05 and slide_ok,
@@ -252,8 +248,7 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
             f"modes, {m0['test/eigengap_samples']:.3g} at the samples); tangent share > normal share over"
             " the last "
             f"20% of analysed steps: {slide_ok}; thresholds {dict(cfg.job.thresholds)}; "
-            f"n = {int(m0['test/n_samples'])} samples, phases on {cfg.job.n_traj} trajectories. "
-            + "; ".join(per_seed),
+            f"n = {int(m0['test/n_samples'])} samples, phases on {cfg.job.n_traj} trajectories. " + "; ".join(per_seed),
         )
     small_tau = _group(variants, widths[-1], False, finite_taus[0]) if finite_taus else []
     key = "test/inter_mode_fraction"

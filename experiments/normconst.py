@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -147,6 +148,8 @@ def plot_budget_curves(raw: dict, estimators: list[str], budgets: list[int], pat
     axes[1].axhline(1.0, color="k", lw=0.8)
     axes[1].set(xscale="log", xlabel="oracle calls per chain", ylabel="Z_hat / Z (mean +- std over repeats)")
     axes[1].set_ylim(0, 2.5)
+    for ax in axes:
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -479,6 +482,8 @@ def _plot_dims(curves, needed, dims, actions, eps, metrics, output_dir: Path) ->
         xlabel="dimension d", ylabel=f"oracle calls per chain for rel. error {eps}", title="complexity vs d"
     )
     ax.legend(fontsize=8)
+    for a in axes:
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     fig.savefig(output_dir / "calls_for_fixed_error_vs_dim.png", dpi=120)
     plt.close(fig)

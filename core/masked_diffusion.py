@@ -83,7 +83,7 @@ class MaskKernel:
     ) -> torch.Tensor:
         """x_t (B, L): x0 with positions where u < m(t) replaced by the mask id; pass ``u`` to fix noise."""
         if u is None:
-            u = torch.rand(x0.shape, generator=generator, device=x0.device)
+            u = draw("uniform", x0.shape, generator, x0.device)
         m = _bcast_to(self.mask_prob, x0)
         return torch.where(u < m, torch.full_like(x0, self.mask_id), x0)
 
@@ -96,8 +96,17 @@ def _bcast_to(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def draw(kind: str, shape, generator: torch.Generator | None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """torch.rand / torch.randn on ``device`` from a generator that may live on another device (a CPU
+    generator seeds evaluation on a GPU run): drawn where the generator lives, then moved."""
+    fn = torch.rand if kind == "uniform" else torch.randn
+    if generator is None:
+        return fn(tuple(shape), device=device, dtype=dtype)
+    return fn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
 def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    u = draw("uniform", shape, generator, device, torch.float64)
     return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-16))).float()
 
 
@@ -178,7 +187,7 @@ class MaskedDiffusion:
         ``reveal_prob`` and then drawn from softmax(logits); revealed tokens never change again."""
         logits = self.exclude_mask(logits)
         p = _bcast_to(self.reveal_prob(torch.as_tensor(t).float(), torch.as_tensor(s).float(), kind), x_t)
-        u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
+        u = draw("uniform", x_t.shape, generator, x_t.device)
         reveal = (x_t == self.mask_id) & (u < p)
         if update is not None:
             reveal = reveal & update
@@ -226,9 +235,7 @@ def _call(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, counter: EvalCoun
         counter.add(1, x.shape[0])
     logits = model_fn(x, t)
     if logits.shape[:2] != x.shape:
-        raise ValueError(
-            f"model_fn returned logits {tuple(logits.shape)}, expected ({x.shape[0]}, {x.shape[1]}, V)"
-        )
+        raise ValueError(f"model_fn returned logits {tuple(logits.shape)}, expected ({x.shape[0]}, {x.shape[1]}, V)")
     return logits
 
 
@@ -288,9 +295,7 @@ def confidence_decode(
     masked0 = x == mask_id
     cols = masked0.any(0).nonzero().flatten()
     if len(cols) == 0:
-        return SampleResult(
-            x=x, times=torch.zeros(1), nfe=0, trajectory=[x.clone()] if return_trajectory else None
-        )
+        return SampleResult(x=x, times=torch.zeros(1), nfe=0, trajectory=[x.clone()] if return_trajectory else None)
     start, end = int(cols.min()), int(cols.max()) + 1
     block = end - start if block_length is None else int(block_length)
     n_blocks = math.ceil((end - start) / block)
@@ -366,9 +371,7 @@ def unmask_step(
     return torch.where(reveal, cand, x), conf
 
 
-def _select(
-    conf: torch.Tensor, masked: torch.Tensor, k: torch.Tensor, threshold: float | None
-) -> torch.Tensor:
+def _select(conf: torch.Tensor, masked: torch.Tensor, k: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """Reveal set (B, L): confidence above ``threshold`` (at least the best one), else the top-k."""
     best = torch.zeros_like(masked)
     best.scatter_(1, conf.argmax(1, keepdim=True), True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.masked_diffusion import MaskedDiffusion
+from core.masked_diffusion import MaskedDiffusion, draw
 from core.nfe import EvalCounter
 from core.processes import VP
 from core.samplers import SampleResult
@@ -108,9 +108,7 @@ class MultimodalProcess:
         equal = (mode >= p_condition) & (mode < p_condition + p_equal)
         t = torch.where(equal.unsqueeze(1), t[:, :1].expand(-1, G), t)
         cond_group = (u[:, G + 1] * G).long().clamp_max(G - 1)
-        zero = (mode < p_condition).unsqueeze(1) & (
-            torch.arange(G, device=u.device) == cond_group.unsqueeze(1)
-        )
+        zero = (mode < p_condition).unsqueeze(1) & (torch.arange(G, device=u.device) == cond_group.unsqueeze(1))
         return torch.where(zero, torch.zeros_like(t), t)
 
     # ----- forward process and loss ------------------------------------------------------------
@@ -134,9 +132,7 @@ class MultimodalProcess:
             t = self.part_time(i, t_groups)
             if p.kind == "continuous":
                 if out[i].shape != x0[i].shape:
-                    raise ValueError(
-                        f"part {i}: eps prediction {tuple(out[i].shape)} != {tuple(x0[i].shape)}"
-                    )
+                    raise ValueError(f"part {i}: eps prediction {tuple(out[i].shape)} != {tuple(x0[i].shape)}")
                 err = (out[i] - noise[i]).pow(2) * _expand((t > 0).float(), x0[i])
                 losses.append(err.flatten(1).mean(1))
             else:
@@ -147,7 +143,7 @@ class MultimodalProcess:
     def prior(self, shapes: Sequence[tuple], generator: torch.Generator | None = None, device=None) -> tuple:
         """Fully noised state: N(0, 1) for continuous parts, all-mask for discrete ones."""
         return tuple(
-            torch.randn(s, generator=generator, device=device)
+            draw("normal", s, generator, device)
             if p.kind == "continuous"
             else torch.full(s, self.discrete.mask_id, dtype=torch.long, device=device)
             for p, s in zip(self.parts, shapes)
@@ -189,9 +185,7 @@ class MultimodalProcess:
         x = self.prior(shapes, generator, device)
         gen = [self.group_mask(i, generate, device) for i in range(len(self.parts))]
         if given is not None:
-            x = tuple(
-                torch.where(_expand_mask(m, xi), xi, gi.to(xi.dtype)) for m, xi, gi in zip(gen, x, given)
-            )
+            x = tuple(torch.where(_expand_mask(m, xi), xi, gi.to(xi.dtype)) for m, xi, gi in zip(gen, x, given))
         gen_vec = torch.zeros(G, dtype=torch.bool, device=device)
         gen_vec[generate] = True
         times = torch.linspace(1.0, 0.0, steps + 1)
@@ -225,9 +219,9 @@ class MultimodalProcess:
 
     def _fresh_noise(self, state: tuple, generator) -> tuple:
         return tuple(
-            torch.randn(x.shape, generator=generator, device=x.device)
+            draw("normal", x.shape, generator, x.device)
             if p.kind == "continuous"
-            else torch.rand(x.shape, generator=generator, device=x.device)
+            else draw("uniform", x.shape, generator, x.device)
             for p, x in zip(self.parts, state)
         )
 
@@ -249,7 +243,7 @@ class MultimodalProcess:
                     beta, sig = vp.beta(t), vp.sigma(t)
                     dt = float(t - s)  # > 0; the reverse SDE runs with time step -dt
                     drift = -0.5 * beta * xi + beta * oi / sig
-                    z = torch.randn(xi.shape, generator=generator, device=xi.device)
+                    z = draw("normal", xi.shape, generator, xi.device)
                     nxt = xi - drift * dt + torch.sqrt(beta * dt) * z
                 new.append(torch.where(_expand_mask(m, xi), nxt, xi))
             else:

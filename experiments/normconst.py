@@ -5,7 +5,7 @@ Three ``job:`` experiments (estimators train nothing):
 * ``normconst_gmm`` (:func:`run_gmm`): the paper's 2-D four-mode mixture; every estimator at every
   oracle budget (V / grad V calls per chain), log Z error, Z_hat/Z mean and std over repeats, mode
   weights; claims ``rds_unbiased_multimodal``, ``rds_beats_ais_at_budget``, ``rds_recovers_weights``.
-* ``normconst_gaussian_dims`` (:func:`run_gaussian_dims`, in :mod:`experiments.normconst_dims`):
+* ``normconst_gaussian_dims`` (:func:`run_gaussian_dims`):
   oracle calls for a fixed relative error vs d; figures and metrics only.
 * ``normconst_funnel`` (:func:`run_funnel`): the funnel; figures and metrics only.
 

@@ -117,3 +117,20 @@ def test_callback_runs_on_the_diffusion_2d_module(tmp_path):
     expected_t = ridge_time_by_spacing(dm.train_tensor().double(), module.process)
     assert math.isclose(float(logged["ridge/time"]), expected_t, rel_tol=1e-5)
     assert any(p.suffix == ".png" for p in tmp_path.rglob("*"))
+
+
+def test_mixture_data_and_mode_fractions():
+    from datamodules.ridge_mixture import RidgeMixtureDataModule
+    from experiments.ridge_mixture import mode_fractions
+
+    dm = RidgeMixtureDataModule(dim=5, rotate=True, n_train=200, seed=3)
+    x = dm.train_tensor()
+    assert x.shape == (200, 5) and len(torch.unique(x, dim=0)) == 2  # Dirac modes
+    f = float((dm.component == 1).double().mean())  # RMS radius of two points 6 apart, weights 1-f, f
+    assert math.isclose(dm.mode_spacing, 6.0, rel_tol=1e-5)
+    assert math.isclose(dm.data_radius, 3.0 * math.sqrt(1 - (2 * f - 1) ** 2), rel_tol=1e-5)
+    modes = torch.tensor([[-3.0, 0.0], [3.0, 0.0]])
+    pts = torch.tensor([[3.1, 0.0], [0.0, 0.1], [0.0, 1.0], [4.5, 0.0]])
+    near, inter = mode_fractions(pts, modes, torch.zeros(2), 6.0, near_radius=0.1, ridge_radius=0.05)
+    assert near.tolist() == [True, False, False, False]
+    assert inter.tolist() == [False, True, False, False]  # beyond a mode is on the line, not between modes

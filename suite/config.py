@@ -3,7 +3,8 @@
 1. Group choices (``experiment=``, ``trainer=``, ``logger=``, ``scale=``, ``debug=``) are pulled out
    of argv first: a dotlist would turn ``trainer=ddp`` into a string node.
 2. base.yaml <- experiment/NAME.yaml <- presets (trainer, logger) <- global debug defaults
-   <- the experiment's own ``scale.<name>`` overrides <- the experiment's own ``debug.<name>`` overrides.
+   <- the experiment's own ``scale.<name>`` overrides (then the global debug defaults once more, so
+   that ``scale=paper debug=fast`` stays fast) <- the experiment's own ``debug.<name>`` overrides.
 3. Struct mode is set, and only then the CLI dotlist is merged, so OmegaConf rejects unknown keys.
 4. Types and choices are validated (suite.schema); ``_target_`` arguments are checked against
    the constructors' signatures (suite.targets).
@@ -93,6 +94,8 @@ def compose(groups: dict[str, str | None], dotlist: list[str]) -> DictConfig:
         if scale not in scale_overrides:
             raise ConfigError(f"scale={scale}: experiment {name} defines no `scale.{scale}` overrides")
         layers.append(scale_overrides[scale])
+        if groups["debug"]:  # again after the scale, so `scale=paper debug=fast` stays fast
+            layers.append(load_yaml(CONFIG_DIR / "debug" / f"{groups['debug']}.yaml"))
     if groups["debug"] and groups["debug"] in debug_overrides:
         layers.append(debug_overrides[groups["debug"]])
     try:

@@ -97,3 +97,11 @@ def test_cli_exit_code_and_flags():
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: trainer.max_step")
     assert run.main(["--bogus"]) == 2
+
+
+def test_paper_scale_with_global_debug_only(config_dir):
+    """An experiment whose scale=paper sets max_steps and whose debug.fast does not still runs fast."""
+    (config_dir / "experiment" / "paper_only.yaml").write_text(
+        "description: x\njob: {_target_: tests.suite.jobs.affine}\nscale: {paper: {trainer: {max_steps: 9000}}}\n")
+    assert cfg_of("experiment=paper_only", "scale=paper").trainer.max_steps == 9000
+    assert cfg_of("experiment=paper_only", "scale=paper", "debug=fast").trainer.max_steps == 5

@@ -9,6 +9,11 @@ in VE time, ``sample_steps`` = 60 Euler steps, core.samplers), started from N(mu
 = 2 is not much larger than the digits' spread, so the prior is centred on the mean image), and a final
 denoising step x0_hat(x, sigma_min). ``mu`` is the training mean (a buffer set at fit start).
 
+Note (our analysis, not the paper's): without a bias, x0_hat - mu is positively homogeneous of degree 1
+in x - mu at every sigma, so the denoiser cannot saturate towards a stored image the way the empirical
+posterior mean does; copies of training images arise only through the ReLU gating of directions. At CPU
+scale (3000 steps) we measured NN-ratio memorization rates of ~0.1-0.3 even at n = 2..5.
+
 ``sample(n, steering=Steering(v, alpha, sigma_start))`` adds alpha * v to relu(W (x - mu)) while
 sigma <= sigma_start (core.steering).
 

@@ -132,7 +132,7 @@ def train_masked_lm(
             if on_log is not None:
                 model.eval()
                 on_log(step, model)
-    stats.update({"train/loss_gen": float(loss_gen), "train/loss_verify": float(loss_ver),
+    stats.update({"train/loss_gen": loss_gen.item(), "train/loss_verify": loss_ver.item(),
                   "train/seconds": time.time() - t0,
                   "train/params": float(sum(p.numel() for p in model.parameters()))})
     return model.eval(), stats

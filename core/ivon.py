@@ -113,9 +113,11 @@ class IVON(torch.optim.Optimizer):
                 st = self.state[p]
                 st["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["hess"] = torch.full_like(p, hess_init)
+        # Mutable run-time state lives in one dict that is never rebound: Lightning's LightningOptimizer
+        # wraps an optimizer by copying its __dict__ (shallow), so flags set through the wrapper (e.g. its
+        # zero_grad in a manual-optimisation closure) must land in an object both share.
+        self._rt = {"window": None, "sampling": False, "grads_zeroed": False}
         self._reset_window()
-        self._sampling = False
-        self._grads_zeroed = False
 
     # ------------------------------------------------------------------ posterior
     def posterior_std(self, group: dict) -> list[Tensor]:
@@ -156,12 +158,13 @@ class IVON(torch.optim.Optimizer):
         ``.grad`` when ``zero_grad`` ran inside) for the next ``step``. ``generator`` overrides the noise
         source (e.g. posterior-predictive evaluation with a fixed generator).
         """
-        if self._sampling:
+        if self._rt["sampling"]:
             raise RuntimeError("IVON.sampled_params: already inside a sample (nested sampling, e.g. a closure "
                                "that samples itself passed to step(closure)); sample in one place only")
-        noise = self._draw_noise(self._window["draws"], generator)
+        window = self._rt["window"]
+        noise = self._draw_noise(window["draws"], generator)
         if generator is None:  # an evaluation with its own generator must not shift the training noise
-            self._window["draws"] += 1
+            window["draws"] += 1
         means = []
         baseline = []
         with torch.no_grad():
@@ -170,11 +173,11 @@ class IVON(torch.optim.Optimizer):
                     means.append(p.detach().clone())
                     baseline.append(None if p.grad is None else p.grad.detach().clone())
                     p.add_(e)
-        self._sampling, self._grads_zeroed = True, False
+        self._rt["sampling"], self._rt["grads_zeroed"] = True, False
         try:
             yield
         finally:
-            self._sampling = False
+            self._rt["sampling"] = False
             with torch.no_grad():
                 i = 0
                 for group, eps in zip(self.param_groups, noise):
@@ -182,31 +185,31 @@ class IVON(torch.optim.Optimizer):
                         p.copy_(means[i])
                         if train:
                             g = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                            if baseline[i] is not None and not self._grads_zeroed:
+                            if baseline[i] is not None and not self._rt["grads_zeroed"]:
                                 g -= baseline[i]
                             self._accumulate(p, g, e)
                         i += 1
             if train:
-                self._window["count"] += 1
+                window["count"] += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
-        self._grads_zeroed = True  # a sample's gradient is then all of .grad, not an increase
+        self._rt["grads_zeroed"] = True  # a sample's gradient is then all of .grad, not an increase
 
     def _accumulate(self, p: Tensor, g: Tensor, eps: Tensor) -> None:
-        acc = self._window["sums"].setdefault(p, [torch.zeros_like(p), torch.zeros_like(p)])
+        acc = self._rt["window"]["sums"].setdefault(p, [torch.zeros_like(p), torch.zeros_like(p)])
         acc[0] += g
         acc[1] += eps * g
 
     def _reset_window(self) -> None:
-        self._window = {"count": 0, "draws": 0, "sums": {}}
+        self._rt["window"] = {"count": 0, "draws": 0, "sums": {}}
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One IVON update. closure: re-evaluates loss and calls backward (Lightning's closure does)."""
         loss = None
-        outside = self._window["count"]  # samples recorded before step: accumulation micro-batches
+        outside = self._rt["window"]["count"]  # samples recorded before step: accumulation micro-batches
         if closure is not None:
             if outside > 0 and self.mc_samples > 1:
                 raise RuntimeError("IVON: gradient accumulation (samples recorded outside step) needs "
@@ -228,7 +231,7 @@ class IVON(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _update(self, divisor: int) -> None:
-        sums = self._window["sums"]
+        sums = self._rt["window"]["sums"]
         for group in self.param_groups:
             group["step"] += 1
             b1, b2, wd, ess = group["beta1"], group["beta2"], group["weight_decay"], group["ess"]

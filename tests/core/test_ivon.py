@@ -166,3 +166,26 @@ def test_state_dict_roundtrip_resumes_identically():
     o2.step(closure(m2, o2))
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_zero_grad_through_a_shallow_copy_is_seen():
+    """Lightning wraps optimizers by copying __dict__; zero_grad on the copy must reach the original."""
+    x, y = _data()
+    m1, m2 = _model(), _model()
+    o1 = IVON(m1.parameters(), lr=0.1, ess=10.0, beta1=0.0, beta2=1.0, weight_decay=0.0, seed=0)
+    o2 = IVON(m2.parameters(), lr=0.1, ess=10.0, beta1=0.0, beta2=1.0, weight_decay=0.0, seed=0)
+    wrapper = object.__new__(IVON)  # what LightningOptimizer does: a new object sharing a __dict__ copy
+    wrapper.__dict__ = dict(o1.__dict__)
+    for _ in range(3):
+        def c1():
+            wrapper.zero_grad()
+            _loss(m1, x, y).backward()
+
+        def c2():
+            o2.zero_grad()
+            _loss(m2, x, y).backward()
+
+        o1.step(c1)
+        o2.step(c2)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b)

@@ -142,3 +142,29 @@ def test_ivon_gradient_accumulation_under_lightning(tmp_path):
         opt.step(lambda: (man.compute_loss(parts[1]) / 2).backward())
     for a, b in zip(lit.parameters(), man.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_vgd_under_manual_optimisation_equals_plain_ivon(tmp_path):
+    """Regression: in manual optimisation the closure zero_grads through Lightning's optimizer wrapper (a
+    shallow copy of the optimizer's __dict__); IVON must still see each sample's full gradient."""
+    torch.manual_seed(0)
+    lit = FullBatchEoS(in_dim=12, widths=[8], out_dim=3, optimizer="vgd", lr=0.2, sigma_sq=1e-2, switch_step=0)
+    lit.noise_seed = 1
+    dm = _DM()
+    _trainer(tmp_path, 4).fit(lit, datamodule=dm)
+    torch.manual_seed(0)
+    man = FullBatchEoS(in_dim=12, widths=[8], out_dim=3, optimizer="vgd", lr=0.2, sigma_sq=1e-2, switch_step=0)
+    man.input_mean.copy_(dm.x.mean(0))
+    opt = IVON(man.parameters(), lr=0.2, ess=1.0, hess_init=100.0, beta1=0.0, beta2=1.0, weight_decay=0.0, seed=1)
+    batch = {"x": dm.x, "y": dm.y}
+
+    def closure():
+        opt.zero_grad()
+        loss = man.compute_loss(batch)
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        opt.step(closure)
+    for a, b in zip(lit.parameters(), man.parameters()):
+        torch.testing.assert_close(a, b)

@@ -116,17 +116,7 @@ class Diffusion(GenLabModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps > 0 else 10_000
-        warm = max(min(h.warmup_steps, total // 10), 1)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min((step - warm) / max(total - warm, 1), 1.0)
-            return 0.1 + 0.9 * 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self.warmup_cosine(opt, h.warmup_steps)
 
     # -- generation -----------------------------------------------------------------------------
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

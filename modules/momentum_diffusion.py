@@ -41,8 +41,6 @@ core/phase_space.py's docstring):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from core.crps import crps_samples
@@ -200,16 +198,7 @@ class MomentumDiffusion(GenLabModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.Adam(self.net.parameters(), lr=h.lr)
-        total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps > 0 else 10_000
-        warm = max(min(h.warmup_steps, total // 10), 1)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.1 + 0.45 * (1.0 + math.cos(math.pi * min((step - warm) / max(total - warm, 1), 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self.warmup_cosine(opt, h.warmup_steps)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._a_opt is not None:

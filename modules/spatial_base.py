@@ -120,16 +120,4 @@ class SpatialPredictor(GenLabModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        total = (
-            int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
-        )
-        warm = max(min(h.warmup_steps, total // 10), 1)
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 10%
-            if step < warm:
-                return (step + 1) / warm
-            progress = min((step - warm) / max(total - warm, 1), 1.0)
-            return 0.1 + 0.45 * (1.0 + float(torch.cos(torch.tensor(progress * torch.pi))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self.warmup_cosine(opt, h.warmup_steps)

@@ -40,10 +40,14 @@ def main() -> None:
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     best_wall, best_cpu = min(walls), min(cpus)
-    print(f"evaluator: {args.n} images of {args.size}x{args.size}, {args.threads} thread(s), "
-          f"pass rate {float(ev.passed.float().mean()):.3f}")
-    print(f"  wall: best {best_wall:.3f} s -> {args.n / best_wall:,.0f} images/s "
-          f"(median {sorted(walls)[len(walls) // 2]:.3f} s)")
+    print(
+        f"evaluator: {args.n} images of {args.size}x{args.size}, {args.threads} thread(s), "
+        f"pass rate {float(ev.passed.float().mean()):.3f}"
+    )
+    print(
+        f"  wall: best {best_wall:.3f} s -> {args.n / best_wall:,.0f} images/s "
+        f"(median {sorted(walls)[len(walls) // 2]:.3f} s)"
+    )
     print(f"  cpu : best {best_cpu:.3f} s -> {args.n / best_cpu:,.0f} images/s")
     print(f"  target >= 1,000 images/s: {'met' if args.n / best_cpu >= 1000 else 'NOT met'} (cpu time)")
 

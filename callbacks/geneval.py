@@ -51,16 +51,29 @@ def subset_per_category(prompts: list[dict], k: int) -> list[dict]:
 
 
 class GenEvalCallback(L.Callback):
-    def __init__(self, every_n_val: int = 1, prompts_per_category: int = 16, images_per_prompt: int = 1,
-                 test_prompts_per_category: int = 0, test_images_per_prompt: int = 1,
-                 test_guidances: list[float] = (1.0, 3.0), num_steps: int | None = None,
-                 sampler: str | None = None, fid: bool = True, fid_feature_steps: int = 300,
-                 table_rows: int = 48, seed: int = 0) -> None:
+    def __init__(
+        self,
+        every_n_val: int = 1,
+        prompts_per_category: int = 16,
+        images_per_prompt: int = 1,
+        test_prompts_per_category: int = 0,
+        test_images_per_prompt: int = 1,
+        test_guidances: list[float] = (1.0, 3.0),
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        fid: bool = True,
+        fid_feature_steps: int = 300,
+        table_rows: int = 48,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if images_per_prompt < 1 or test_images_per_prompt < 1:
             raise ValueError("GenEvalCallback: images_per_prompt and test_images_per_prompt must be >= 1")
         self.every_n_val, self.k, self.k_test = every_n_val, images_per_prompt, test_images_per_prompt
-        self.prompts_per_category, self.test_prompts_per_category = prompts_per_category, test_prompts_per_category
+        self.prompts_per_category, self.test_prompts_per_category = (
+            prompts_per_category,
+            test_prompts_per_category,
+        )
         self.test_guidances = [float(g) for g in test_guidances]
         self.num_steps, self.sampler, self.fid, self.fid_steps = num_steps, sampler, fid, fid_feature_steps
         self.table_rows, self.seed = table_rows, seed
@@ -88,8 +101,10 @@ class GenEvalCallback(L.Callback):
         prompts = subset_per_category(self.prompts, self.test_prompts_per_category)
         size = int(getattr(pl_module, "image_size", 32))
         truth = ground_truth_images(prompts, seed=self.seed, size=size)
-        metrics = {"test/geneval/ground_truth": geneval_score(truth, prompts)["overall"],
-                   "test/geneval/floor": text_ignoring_floor(truth, prompts, self.seed)}
+        metrics = {
+            "test/geneval/ground_truth": geneval_score(truth, prompts)["overall"],
+            "test/geneval/floor": text_ignoring_floor(truth, prompts, self.seed),
+        }
         feature_net = self.feature_net(trainer) if self.fid else None
         for w in self.test_guidances:
             meta, images = self.generate(pl_module, prompts, self.k_test, guidance=w)
@@ -110,12 +125,15 @@ class GenEvalCallback(L.Callback):
     # ---- pieces -------------------------------------------------------------------------------
     def generate(self, pl_module, prompts: list[dict], k: int, guidance: float | None):
         if not hasattr(pl_module, "generate"):
-            raise TypeError(f"GenEvalCallback needs a module with generate(prompts, ...); "
-                            f"{type(pl_module).__name__} has none")
+            raise TypeError(
+                f"GenEvalCallback needs a module with generate(prompts, ...); "
+                f"{type(pl_module).__name__} has none"
+            )
         meta = [p for p in prompts for _ in range(k)]
         gen = torch.Generator().manual_seed(self.seed)
-        images = pl_module.generate(meta, num_steps=self.num_steps, guidance=guidance, sampler=self.sampler,
-                                    generator=gen)
+        images = pl_module.generate(
+            meta, num_steps=self.num_steps, guidance=guidance, sampler=self.sampler, generator=gen
+        )
         return meta, images.detach().float().cpu()
 
     def feature_net(self, trainer: L.Trainer) -> FeatureNet | None:
@@ -124,17 +142,25 @@ class GenEvalCallback(L.Callback):
         if ds is None or "label" not in getattr(ds, "extras", {}):
             return None
         with torch.inference_mode(False), torch.enable_grad():  # test hooks run under inference mode
-            return train_feature_net(ds.x.clone(), ds.extras["label"].clone(), steps=self.fid_steps, seed=self.seed)
+            return train_feature_net(
+                ds.x.clone(), ds.extras["label"].clone(), steps=self.fid_steps, seed=self.seed
+            )
 
     def log_media(self, trainer: L.Trainer, key: str, images: torch.Tensor, meta: list[dict]) -> None:
         ev = evaluate(images, meta)
         n = min(self.table_rows, len(meta))
-        rows = [[meta[i]["tag"], meta[i]["prompt"], images[i] * 2 - 1, ev.verdict(i)] for i in range(0, len(meta),
-                                                                                            max(1, len(meta) // n))]
+        rows = [
+            [meta[i]["tag"], meta[i]["prompt"], images[i] * 2 - 1, ev.verdict(i)]
+            for i in range(0, len(meta), max(1, len(meta) // n))
+        ]
         log_table(trainer, f"{key}/table", ["category", "prompt", "image", "verdict"], rows[:n])
         pick = list(range(0, len(meta), max(1, len(meta) // 32)))[:32]
-        log_images(trainer, f"{key}/samples", images[pick] * 2 - 1,
-                   [f"{meta[i]['prompt']} [{'pass' if ev.passed[i] else 'fail'}]" for i in pick])
+        log_images(
+            trainer,
+            f"{key}/samples",
+            images[pick] * 2 - 1,
+            [f"{meta[i]['prompt']} [{'pass' if ev.passed[i] else 'fail'}]" for i in pick],
+        )
 
 
 def summarise(key: str, images: torch.Tensor, meta: list[dict]) -> dict[str, float]:
@@ -154,8 +180,10 @@ def text_ignoring_floor(truth: torch.Tensor, prompts: list[dict], seed: int = 0,
     """GenEval of ground-truth renders judged against a random permutation of the prompts (mean
     over ``repeats`` permutations): what a perfect generator that ignores the text scores."""
     gen = torch.Generator().manual_seed(seed)
-    scores = [geneval_score(truth[torch.randperm(len(prompts), generator=gen)], prompts)["overall"]
-              for _ in range(repeats)]
+    scores = [
+        geneval_score(truth[torch.randperm(len(prompts), generator=gen)], prompts)["overall"]
+        for _ in range(repeats)
+    ]
     return float(sum(scores) / len(scores))
 
 

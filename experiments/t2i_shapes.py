@@ -32,17 +32,25 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
         overall, se, floor = m[f"{hi}/overall"], m[f"{hi}/overall_se"], m["test/geneval/floor"]
         n = int(m.get(f"{hi}/colors_n", 0)) if f"{hi}/colors_n" in m else None
         out["learns_composition" + suffix] = Claim(
-            overall > 0.2 and overall > 1.5 * floor, overall, max(0.2, 1.5 * floor),
-            f"GenEval overall at guidance w={w_hi:g} = {overall:.3f} +- {se:.3f} (mean of 6 category pass rates, "
-            f"binomial se); needs > 0.2 and > 1.5 x text-ignoring floor {floor:.3f} (ground-truth renders vs "
-            f"5 random permutations of the prompts)")
+            overall > 0.2 and overall > 1.5 * floor,
+            overall,
+            max(0.2, 1.5 * floor),
+            f"GenEval overall at guidance w={w_hi:g} = {overall:.3f} +- {se:.3f} (mean of 6 category "
+            f"pass rates, binomial se); needs > 0.2 and > 1.5 x text-ignoring floor {floor:.3f} "
+            f"(ground-truth renders vs 5 random permutations of the prompts)",
+        )
         c_lo, c_hi = m[f"{lo}/colors"], m[f"{hi}/colors"]
         se_diff = math.hypot(m[f"{lo}/colors_se"], m[f"{hi}/colors_se"])
-        detail = (f"colours category: w={w_hi:g} {c_hi:.3f} vs w={w_lo:g} {c_lo:.3f}; se of the difference "
-                  f"{se_diff:.3f} (binomial per image set, in quadrature){'' if n is None else f', n={n}'}")
+        detail = (
+            f"colours category: w={w_hi:g} {c_hi:.3f} vs w={w_lo:g} {c_lo:.3f}; se of the difference "
+            f"{se_diff:.3f} (binomial per image set, in quadrature){'' if n is None else f', n={n}'}"
+        )
         if se_diff == 0:
-            out["guidance_helps_attributes" + suffix] = Claim.uncomputable(detail + "; zero standard error", c_hi)
+            out["guidance_helps_attributes" + suffix] = Claim.uncomputable(
+                detail + "; zero standard error", c_hi
+            )
         else:
-            out["guidance_helps_attributes" + suffix] = Claim(c_hi - c_lo > 2 * se_diff, c_hi - c_lo, 2 * se_diff,
-                                                              detail)
+            out["guidance_helps_attributes" + suffix] = Claim(
+                c_hi - c_lo > 2 * se_diff, c_hi - c_lo, 2 * se_diff, detail
+            )
     return out

@@ -70,12 +70,20 @@ class TextToImage(GenLabModule):
         self.tokenizer = Tokenizer(max_len)
         self.path = LinearPath(t_min=0.0)
         unet = CondUNet(3, base_channels, tuple(channel_mults), text_dim, attn_levels, text_heads, patch)
-        self.model = CaptionedVelocity(unet, CaptionEncoder(len(self.tokenizer), max_len, text_dim, text_depth,
-                                                            text_heads))
+        self.model = CaptionedVelocity(
+            unet, CaptionEncoder(len(self.tokenizer), max_len, text_dim, text_depth, text_heads)
+        )
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.image_size, self.sample_steps, self.sampler, self.guidance = image_size, sample_steps, sampler, guidance
+        self.image_size, self.sample_steps, self.sampler, self.guidance = (
+            image_size,
+            sample_steps,
+            sampler,
+            guidance,
+        )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, use_ema: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, use_ema: bool = False
+    ) -> torch.Tensor:
         """v_theta(x_t, t, c): x (B, 3, H, W), t (B,), tokens (B, L) -> (B, 3, H, W)."""
         return (self.ema if use_ema else self.model)(x, t, tokens)
 
@@ -116,7 +124,9 @@ class TextToImage(GenLabModule):
         self.log("test/loss", self.compute_loss(batch), sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         warm = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -152,9 +162,17 @@ class TextToImage(GenLabModule):
         return drift, diffusion
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               captions: list[str] | None = None, guidance: float | None = None, num_steps: int | None = None,
-               sampler: str | None = None, use_ema: bool = True):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        captions: list[str] | None = None,
+        guidance: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        use_ema: bool = True,
+    ):
         """Images (n, 3, H, W) in [-1, 1] for ``captions`` (default: n captions drawn from the
         training grammar with the generator's seed). Returns a core.samplers.SampleResult when
         ``return_trajectory``, else the final images."""
@@ -172,24 +190,45 @@ class TextToImage(GenLabModule):
         x = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
         if sampler == "em":
             drift_sde, diffusion = self.sde_coefficients(drift)
-            res = euler_maruyama(x, time_grid(1.0, 0.0, steps), drift=drift_sde, diffusion=diffusion,
-                                 generator=generator, counter=self.nfe, return_trajectory=return_trajectory)
+            res = euler_maruyama(
+                x,
+                time_grid(1.0, 0.0, steps),
+                drift=drift_sde,
+                diffusion=diffusion,
+                generator=generator,
+                counter=self.nfe,
+                return_trajectory=return_trajectory,
+            )
         else:
-            res = get_sampler(sampler)(x, time_grid(1.0, 0.0, steps), drift=drift, counter=self.nfe,
-                                       return_trajectory=return_trajectory)
+            res = get_sampler(sampler)(
+                x,
+                time_grid(1.0, 0.0, steps),
+                drift=drift,
+                counter=self.nfe,
+                return_trajectory=return_trajectory,
+            )
         res.x = res.x.clamp(-1, 1)
         return res if return_trajectory else res.x
 
     @torch.no_grad()
-    def generate(self, prompts: list, num_steps: int | None = None, guidance: float | None = None,
-                 sampler: str | None = None, generator: torch.Generator | None = None,
-                 batch_size: int = 256) -> torch.Tensor:
+    def generate(
+        self,
+        prompts: list,
+        num_steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] for prompts (captions, or GenEval metadata dicts)."""
         captions = [p if isinstance(p, str) else p.get("prompt") or caption(p) for p in prompts]
         was_training = self.training
         self.eval()
-        out = [self.sample(len(chunk), generator, captions=chunk, guidance=guidance, num_steps=num_steps,
-                           sampler=sampler)
-               for chunk in (captions[i : i + batch_size] for i in range(0, len(captions), batch_size))]
+        out = [
+            self.sample(
+                len(chunk), generator, captions=chunk, guidance=guidance, num_steps=num_steps, sampler=sampler
+            )
+            for chunk in (captions[i : i + batch_size] for i in range(0, len(captions), batch_size))
+        ]
         self.train(was_training)
         return (torch.cat(out) + 1) / 2

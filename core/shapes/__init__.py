@@ -8,7 +8,20 @@ from core.shapes.prompts import load_eval_prompts, sample_training_metadata
 from core.shapes.render import ground_truth_images, render_batch, render_scene, sample_scene
 
 __all__ = [
-    "COLORS", "PALETTE", "SHAPES", "TAGS", "Evaluation", "Tokenizer", "caption", "detect", "evaluate",
-    "geneval_score", "ground_truth_images", "load_eval_prompts", "render_batch", "render_scene",
-    "sample_scene", "sample_training_metadata",
+    "COLORS",
+    "PALETTE",
+    "SHAPES",
+    "TAGS",
+    "Evaluation",
+    "Tokenizer",
+    "caption",
+    "detect",
+    "evaluate",
+    "geneval_score",
+    "ground_truth_images",
+    "load_eval_prompts",
+    "render_batch",
+    "render_scene",
+    "sample_scene",
+    "sample_training_metadata",
 ]

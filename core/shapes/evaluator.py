@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from core.shapes.grammar import COLORS, RELATIONS, SHAPES, TAGS
 from core.shapes.render import COLOR_ID, PALETTE_TENSOR, RELATION_INDEX, SHAPE_ID, relations
@@ -44,12 +43,14 @@ MAX_RANK = 4  # largest objects per (image, class) kept for colour checks: count
 # triangle (1/2, 1/4, ~0.85, 2), diamond (1/2, 1/2, 2/3, 1). The centroids and scales below are their
 # means / pooled std over 6,000 renders (r 4.5-6.5 px, sub-pixel offsets, Gaussian blur 0-0.9 px),
 # which absorb the pixel grid's bias; nearest centroid is 99.4% right even at blur 0.9.
-SHAPE_CENTROIDS = torch.tensor([  # rows in SHAPES order
-    [1.0000, 0.5000, 0.9956, 1.8157],
-    [0.7923, 0.4994, 0.8518, 1.3887],
-    [0.5842, 0.2780, 0.8516, 1.7887],
-    [0.5713, 0.5016, 0.7083, 1.0202],
-])
+SHAPE_CENTROIDS = torch.tensor(
+    [  # rows in SHAPES order
+        [1.0000, 0.5000, 0.9956, 1.8157],
+        [0.7923, 0.4994, 0.8518, 1.3887],
+        [0.5842, 0.2780, 0.8516, 1.7887],
+        [0.5713, 0.5016, 0.7083, 1.0202],
+    ]
+)
 FEATURE_SCALE = torch.tensor([0.0401, 0.0223, 0.0218, 0.0565])
 
 
@@ -193,12 +194,15 @@ def detect(
     top = torch.bincount(comp, weights=(v * bh[comp] < -0.5).float(), minlength=n)
     bottom = torch.bincount(comp, weights=(v * bh[comp] > 0.5).float(), minlength=n)
     l1 = u.abs() + v.abs()
-    feats = torch.stack([
-        area / (bw * bh),  # box fill
-        top / (top + bottom).clamp_min(1),  # mass fraction in the top half
-        torch.bincount(comp, weights=l1, minlength=n) / area,  # mean L1 radius
-        reduce(l1, "amax"),  # max L1 radius
-    ], dim=1)
+    feats = torch.stack(
+        [
+            area / (bw * bh),  # box fill
+            top / (top + bottom).clamp_min(1),  # mass fraction in the top half
+            torch.bincount(comp, weights=l1, minlength=n) / area,  # mean L1 radius
+            reduce(l1, "amax"),  # max L1 radius
+        ],
+        dim=1,
+    )
     dist = (((feats.unsqueeze(1) - SHAPE_CENTROIDS) / FEATURE_SCALE) ** 2).sum(-1)  # (n, 4 shapes)
     best, shape = dist.min(dim=1)
     shape[best > max_shape_dist] = -1
@@ -272,8 +276,10 @@ def _encode(metadata: Sequence[dict]) -> dict[str, torch.Tensor]:
             if r.get("position") is not None:
                 rel, target = r["position"]
                 if rel not in RELATIONS or int(target) >= j or count != 1:
-                    raise ValueError(f"prompt {i}: bad position {r['position']!r} (relation in "
-                                     f"{list(RELATIONS)}, earlier target group, count 1)")
+                    raise ValueError(
+                        f"prompt {i}: bad position {r['position']!r} (relation in "
+                        f"{list(RELATIONS)}, earlier target group, count 1)"
+                    )
                 enc["rel"][i][j], enc["target"][i][j] = RELATION_INDEX[rel], int(target)
         for j, r in enumerate(exc):
             enc["ex_cls"][i][j], enc["ex_count"][i][j] = SHAPE_ID[r["class"]], int(r["count"])
@@ -301,10 +307,11 @@ def evaluate(images: torch.Tensor, prompts_metadata: Sequence[dict], strict: boo
         active = enc["cls"][:, j] >= 0
         cls, count = enc["cls"][:, j].clamp_min(0), enc["count"][:, j].clamp_min(1).float()
         found = n_class[rows, cls]
-        exact = ((enc["ex_cls"] == enc["cls"][:, j : j + 1]) & (enc["ex_count"] == enc["count"][:, j : j + 1] + 1))
+        exact = (enc["ex_cls"] == enc["cls"][:, j : j + 1]) & (enc["ex_count"] == enc["count"][:, j : j + 1] + 1)
         exact = exact.any(1)
-        count_credit = torch.where(exact, (1 - (count - found).abs() / count).clamp_min(0),
-                                   torch.minimum(found, count) / count)
+        count_credit = torch.where(
+            exact, (1 - (count - found).abs() / count).clamp_min(0), torch.minimum(found, count) / count
+        )
         ranks = torch.arange(MAX_RANK).view(1, -1) < count.view(-1, 1)
         matches = ((top_color[rows, cls] == enc["color"][:, j : j + 1]) & ranks).sum(1).float()
         has_color = enc["color"][:, j] >= 0
@@ -325,7 +332,7 @@ def evaluate(images: torch.Tensor, prompts_metadata: Sequence[dict], strict: boo
         n_ex = n_class[rows, enc["ex_cls"][:, j].clamp_min(0)]
         ex_ok = n_ex < enc["ex_count"][:, j].float()
         ok &= ~ex_active | ex_ok
-        paired = ((enc["cls"] == enc["ex_cls"][:, j : j + 1]) & (enc["count"] + 1 == enc["ex_count"][:, j : j + 1]))
+        paired = (enc["cls"] == enc["ex_cls"][:, j : j + 1]) & (enc["count"] + 1 == enc["ex_count"][:, j : j + 1])
         clauses.append((ex_active & ~paired.any(1), ex_ok.float()))
     weight = torch.stack([a.float() for a, _ in clauses], 1)
     credit = torch.stack([c for _, c in clauses], 1)

@@ -23,11 +23,22 @@ import numpy as np
 
 from core.shapes.grammar import COLORS, RELATIONS, SHAPES, caption
 
-# GenEval's 553 prompts: single 80, two objects 99, counting 80, colours 94, position 100, colour attribution 100
-GENEVAL_COUNTS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
-                  "color_attr": 100}
+# GenEval's 553 prompts: single 80, two objects 99, counting 80, colours 94, position 100,
+# colour attribution 100
+GENEVAL_COUNTS = {
+    "single_object": 80,
+    "two_object": 99,
+    "counting": 80,
+    "colors": 94,
+    "position": 100,
+    "color_attr": 100,
+}
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("circle", "green"), ("square", "purple"), ("triangle", "blue"), ("diamond", "yellow"), ("triangle", "white"),
+    ("circle", "green"),
+    ("square", "purple"),
+    ("triangle", "blue"),
+    ("diamond", "yellow"),
+    ("triangle", "white"),
 )
 HELDOUT_COUNTS: tuple[tuple[str, int], ...] = (("diamond", 4),)
 HELDOUT_RELATIONS: tuple[tuple[str, str, str], ...] = (("triangle", "above", "circle"),)
@@ -41,8 +52,10 @@ def single(shape: str, color: str | None = None) -> dict:
 
 
 def pair(a: str, b: str, color_a: str | None = None, color_b: str | None = None) -> dict:
-    inc = [{"class": a, "count": 1} | ({"color": color_a} if color_a else {}),
-           {"class": b, "count": 1} | ({"color": color_b} if color_b else {})]
+    inc = [
+        {"class": a, "count": 1} | ({"color": color_a} if color_a else {}),
+        {"class": b, "count": 1} | ({"color": color_b} if color_b else {}),
+    ]
     return {"tag": "color_attr" if color_a else "two_object", "include": inc}
 
 
@@ -53,8 +66,10 @@ def counting(shape: str, n: int, color: str | None = None) -> dict:
 
 def position(a: str, rel: str, b: str, color_a: str | None = None, color_b: str | None = None) -> dict:
     """'A rel B' in GenEval's format: B is group 0, A is placed relative to it."""
-    inc = [{"class": b, "count": 1} | ({"color": color_b} if color_b else {}),
-           {"class": a, "count": 1, "position": [rel, 0]} | ({"color": color_a} if color_a else {})]
+    inc = [
+        {"class": b, "count": 1} | ({"color": color_b} if color_b else {}),
+        {"class": a, "count": 1, "position": [rel, 0]} | ({"color": color_a} if color_a else {}),
+    ]
     return {"tag": "position", "include": inc}
 
 
@@ -121,7 +136,9 @@ def load_eval_prompts(path: str | Path = EVAL_PROMPTS_PATH, tags: list[str] | No
     return [r for r in rows if tags is None or r["tag"] in tags]
 
 
-def sample_training_metadata(rng: np.random.Generator, p_color: float = 0.7, allow_heldout: bool = False) -> dict:
+def sample_training_metadata(
+    rng: np.random.Generator, p_color: float = 0.7, allow_heldout: bool = False
+) -> dict:
     """One training caption's metadata. Kinds: one object (30%), two objects (20%), a counted group
     of one shape (20%), two objects in a relation (30%); colours named with prob ``p_color``.
     Never asks for a held-out combination (resampled until it does not) unless ``allow_heldout``

@@ -157,10 +157,16 @@ def render_batch(scenes: Sequence[dict]) -> torch.Tensor:
     if any(int(s["size"]) != size for s in scenes):
         raise ValueError("render_batch: all scenes must have the same 'size'")
     b, k = len(scenes), max(1, max(len(s["objects"]) for s in scenes))
-    shape_rows = [[SHAPE_ID[o["shape"]] for o in s["objects"]] + [-1] * (k - len(s["objects"])) for s in scenes]
-    color_rows = [[COLOR_ID[o["color"]] for o in s["objects"]] + [0] * (k - len(s["objects"])) for s in scenes]
-    geom_rows = [[[o["cx"], o["cy"], o["r"]] for o in s["objects"]] + [[0.0, 0.0, 0.0]] * (k - len(s["objects"]))
-                 for s in scenes]
+    shape_rows = [
+        [SHAPE_ID[o["shape"]] for o in s["objects"]] + [-1] * (k - len(s["objects"])) for s in scenes
+    ]
+    color_rows = [
+        [COLOR_ID[o["color"]] for o in s["objects"]] + [0] * (k - len(s["objects"])) for s in scenes
+    ]
+    geom_rows = [
+        [[o["cx"], o["cy"], o["r"]] for o in s["objects"]] + [[0.0, 0.0, 0.0]] * (k - len(s["objects"]))
+        for s in scenes
+    ]
     shape, color = torch.tensor(shape_rows), torch.tensor(color_rows)
     geom = torch.tensor(geom_rows, dtype=torch.float32)  # (B, K, 3): cx, cy, r
     centers = torch.arange(size, dtype=torch.float32) + 0.5

@@ -66,8 +66,16 @@ class CondUNet(nn.Module):
     ``channel_mults`` sets one resolution level each (H / patch divisible by 2^(levels-1));
     ``attn_levels`` counts cross-attention levels from the coarsest."""
 
-    def __init__(self, in_channels: int = 3, base: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
-                 text_dim: int = 128, attn_levels: int = 2, heads: int = 4, patch: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2, 2),
+        text_dim: int = 128,
+        attn_levels: int = 2,
+        heads: int = 4,
+        patch: int = 2,
+    ) -> None:
         super().__init__()
         self.patch = patch
         in_channels = in_channels * patch * patch
@@ -83,7 +91,9 @@ class CondUNet(nn.Module):
         c_prev = chans[0]
         for i, c in enumerate(chans):
             self.down.append(FiLMResBlock(c_prev, c, cond_dim))
-            self.down_attn.append(CrossAttention(c, text_dim, heads) if i >= n - attn_levels else nn.Identity())
+            self.down_attn.append(
+                CrossAttention(c, text_dim, heads) if i >= n - attn_levels else nn.Identity()
+            )
             c_prev = c
         self.mid = FiLMResBlock(c_prev, c_prev, cond_dim)
         self.mid_attn = CrossAttention(c_prev, text_dim, heads)
@@ -91,17 +101,22 @@ class CondUNet(nn.Module):
         self.up_attn = nn.ModuleList()
         for i in reversed(range(n)):
             self.up.append(FiLMResBlock(c_prev + chans[i], chans[i], cond_dim))
-            self.up_attn.append(CrossAttention(chans[i], text_dim, heads) if i >= n - attn_levels else nn.Identity())
+            self.up_attn.append(
+                CrossAttention(chans[i], text_dim, heads) if i >= n - attn_levels else nn.Identity()
+            )
             c_prev = chans[i]
-        self.out = nn.Sequential(nn.GroupNorm(min(8, c_prev), c_prev), nn.SiLU(), nn.Conv2d(c_prev, in_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(min(8, c_prev), c_prev), nn.SiLU(), nn.Conv2d(c_prev, in_channels, 3, padding=1)
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
     def _attend(self, block: nn.Module, h, text, pad):
         return h if isinstance(block, nn.Identity) else block(h, text, pad)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pad: torch.Tensor,
-                pooled: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pad: torch.Tensor, pooled: torch.Tensor
+    ) -> torch.Tensor:
         cond = self.time_mlp(timestep_embedding(t, self.base)) + self.text_proj(pooled)
         h = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         skips = []

@@ -14,7 +14,9 @@ class CaptionEncoder(nn.Module):
     A learned summary token is prepended (its output is ``pooled``) so that an all-padding
     caption -- the "null" caption of classifier-free guidance -- still has a representation."""
 
-    def __init__(self, vocab_size: int, max_len: int = 12, dim: int = 128, depth: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, vocab_size: int, max_len: int = 12, dim: int = 128, depth: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         self.max_len, self.dim = max_len, dim
         self.token = nn.Embedding(vocab_size, dim, padding_idx=0)
@@ -22,7 +24,9 @@ class CaptionEncoder(nn.Module):
         self.summary = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.position, std=0.02)
         nn.init.normal_(self.summary, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 
@@ -39,4 +43,6 @@ class CaptionEncoder(nn.Module):
     @staticmethod
     def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
         """(B, L + 1) True where a key is padding (the summary token never is)."""
-        return torch.cat([torch.zeros(len(tokens), 1, dtype=torch.bool, device=tokens.device), tokens == 0], dim=1)
+        return torch.cat(
+            [torch.zeros(len(tokens), 1, dtype=torch.bool, device=tokens.device), tokens == 0], dim=1
+        )

@@ -45,10 +45,22 @@ class OracleGenerator(L.LightningModule):
 
 def run_test(tmp_path, mode):
     module = OracleGenerator(mode)
-    cb = GenEvalCallback(prompts_per_category=2, test_prompts_per_category=6, test_guidances=[1.0, 3.0],
-                         fid_feature_steps=5, table_rows=8)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[cb])
+    cb = GenEvalCallback(
+        prompts_per_category=2,
+        test_prompts_per_category=6,
+        test_guidances=[1.0, 3.0],
+        fid_feature_steps=5,
+        table_rows=8,
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+    )
     trainer.test(module, datamodule=ShapesDataModule(n_train=64, n_val=16, n_test=16, batch_size=16))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}, module
 

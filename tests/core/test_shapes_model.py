@@ -58,7 +58,10 @@ def test_guidance_combines_two_passes(model):
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "em"])
 def test_generate_shapes_range_and_determinism(model, sampler):
-    prompts = ["a red circle", {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}]}]
+    prompts = [
+        "a red circle",
+        {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}]},
+    ]
     a = model.generate(prompts, num_steps=2, sampler=sampler, generator=torch.Generator().manual_seed(0))
     b = model.generate(prompts, num_steps=2, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
@@ -77,7 +80,9 @@ def test_sde_keeps_the_flow_marginals(model):
     drift, diffusion = model.sde_coefficients(velocity)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 1, generator=g, dtype=torch.float64)
-    out = euler_maruyama(x, time_grid(1.0, 0.0, 400).double(), drift=drift, diffusion=diffusion, generator=g).x
+    out = euler_maruyama(
+        x, time_grid(1.0, 0.0, 400).double(), drift=drift, diffusion=diffusion, generator=g
+    ).x
     assert abs(float(out.std()) - s) < 0.02 and abs(float(out.mean())) < 0.02
 
 

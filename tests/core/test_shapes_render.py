@@ -50,9 +50,15 @@ def test_tokenizer_round_trip_and_closed_vocabulary():
 
 
 def test_render_is_exact_geometry():
-    s = {"size": 32, "background": 0.1, "texture": [0.0] * 16,
-         "objects": [{"shape": "square", "color": "red", "cx": 8.0, "cy": 8.0, "r": 4.0},
-                     {"shape": "circle", "color": "blue", "cx": 22.5, "cy": 22.5, "r": 5.0}]}
+    s = {
+        "size": 32,
+        "background": 0.1,
+        "texture": [0.0] * 16,
+        "objects": [
+            {"shape": "square", "color": "red", "cx": 8.0, "cy": 8.0, "r": 4.0},
+            {"shape": "circle", "color": "blue", "cx": 22.5, "cy": 22.5, "r": 5.0},
+        ],
+    }
     img = render_scene(s)
     red = (img - torch.tensor([0.92, 0.10, 0.10]).view(3, 1, 1)).abs().amax(0) < 1e-6
     blue = (img - torch.tensor([0.15, 0.28, 0.95]).view(3, 1, 1)).abs().amax(0) < 1e-6
@@ -90,8 +96,10 @@ def test_scalar_relation_matches_vectorised():
     for _ in range(300):
         a = {"cx": rng.uniform(0, 32), "cy": rng.uniform(0, 32), "r": rng.uniform(2, 7)}
         b = {"cx": rng.uniform(0, 32), "cy": rng.uniform(0, 32), "r": rng.uniform(2, 7)}
-        vec = relations(torch.tensor([object_box(a)], dtype=torch.float64),
-                        torch.tensor([object_box(b)], dtype=torch.float64))[0]
+        vec = relations(
+            torch.tensor([object_box(a)], dtype=torch.float64),
+            torch.tensor([object_box(b)], dtype=torch.float64),
+        )[0]
         for k, name in enumerate(names):
             assert _relation_exact(a, b, name) == (bool(vec[k]) and int(vec.sum()) == 1)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from suite.errors import ConfigError
+
 
 def wandb_mode(cfg: DictConfig) -> str:
     """``logger.mode=auto`` means: WANDB_MODE if set, else online with WANDB_API_KEY, else offline."""
@@ -17,7 +19,15 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | None = None):
+def has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | None = None,
+                 resumed: bool = False):
     """The Lightning logger for one variant (False for ``logger=none``)."""
     kind = cfg.logger.type
     if kind == "none":
@@ -29,13 +39,17 @@ def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | N
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(cfg)
+    if mode == "online" and not has_wandb_credentials():
+        # W&B would otherwise ask for a key on a terminal (and hang a batch job)
+        raise ConfigError("logger.mode=online: no W&B credentials (set WANDB_API_KEY or run `wandb login`), "
+                          "or use logger.mode=offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    # no TTY prompt ever: an unset key in online mode fails fast instead of asking
-    os.environ.setdefault("WANDB_DISABLE_GIT", "false")
+    # the same id on resume: online, W&B continues the run; offline, `wandb sync` merges both parts
+    notes = f"resumed from a checkpoint; continues W&B run {run_id}" if resumed else None
     return WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, name=run_name,
         save_dir=str(save_dir), mode=mode, tags=list(cfg.logger.tags), id=run_id, resume="allow",
-        log_model=cfg.logger.log_model,
+        log_model=cfg.logger.log_model, notes=notes,
     )
 
 

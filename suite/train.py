@@ -80,7 +80,7 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
         callbacks.insert(0, NaNGuard())
     if cfg.ema.enabled:
         callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
-    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir))
+    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None)
     # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
     return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks,
                      use_distributed_sampler=False, **targs)

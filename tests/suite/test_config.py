@@ -105,3 +105,21 @@ def test_paper_scale_with_global_debug_only(config_dir):
         "description: x\njob: {_target_: tests.suite.jobs.affine}\nscale: {paper: {trainer: {max_steps: 9000}}}\n")
     assert cfg_of("experiment=paper_only", "scale=paper").trainer.max_steps == 9000
     assert cfg_of("experiment=paper_only", "scale=paper", "debug=fast").trainer.max_steps == 5
+
+
+def test_online_wandb_without_credentials_fails_fast(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    argv = ["debug=fast", "logger.mode=online", f"output_dir={tmp_path / 'o'}"]
+    assert run.main(argv) == 2
+    assert "logger.mode=online: no W&B credentials" in capsys.readouterr().err
+
+
+def test_wandb_offline_by_default_without_a_key(monkeypatch):
+    from suite.loggers import wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode(cfg_of()) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(cfg_of()) == "online"

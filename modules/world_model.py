@@ -74,6 +74,17 @@ class MaskedWorldModel(GenLabModule):
         self._acc: dict[str, float] = {}
         self._strip_logged = False
 
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        h = self.hparams
+        for key in ("colours", "view", "context"):
+            if getattr(dm, key) != h[key]:
+                raise ValueError(f"module.{key}={h[key]} differs from data.{key}={getattr(dm, key)}")
+        if max(dm.height, dm.width) > h.map_size:
+            raise ValueError(f"module.map_size={h.map_size} is smaller than the {dm.height}x{dm.width} map")
+
     # -- embeddings -------------------------------------------------------------------------------
     def _rel(self, rc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rc + self.hparams.view

@@ -79,3 +79,26 @@ def test_self_consistency_compares_with_the_models_own_earlier_generation(batch)
     cons = m._consistent(gen, poses)
     assert seen[:, -1].any() and not cons[:, -1][seen[:, -1]].any() and cons[:, :-1][seen[:, :-1]].all()
     assert world.shape[1:] == (10, 10)
+
+
+def test_claims_read_the_variants_metrics():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from experiments.world_model_grid import claims
+    from suite.results import VariantResult
+
+    cfg = OmegaConf.create({"data": {"context": 2, "colours": 8, "n_test": 10}})
+
+    def var(name, far, new, cons):
+        m = {"test/acc_far": far, "test/acc_far_count": 1000, "test/acc_new": new, "test/acc_new_count": 1000,
+             "test/self_consistency": cons, "test/self_consistency_count": 1000}
+        return VariantResult(name, m, Path("."))
+
+    good = claims({"context": var("context", 0.13, 0.12, 0.3), "memory": var("memory", 0.95, 0.12, 0.9)}, cfg)
+    assert good["memory_keeps_revisits"].holds and good["context_only_forgets"].holds
+    assert good["rollouts_self_consistent"].holds
+    bad = claims({"context": var("context", 0.7, 0.12, 0.9), "memory": var("memory", 0.85, 0.12, 0.9)}, cfg)
+    assert not bad["memory_keeps_revisits"].holds and not bad["context_only_forgets"].holds
+    assert not bad["rollouts_self_consistent"].holds

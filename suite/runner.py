@@ -75,7 +75,7 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
             if variant.seed is not None:
                 vcfg.seed = variant.seed
             try:
-                found = run_variant(vcfg, vdir, variant.name)
+                found = run_variant(vcfg, vdir, variant.name, variant.overrides)
             except BaseException as err:
                 if rank0:
                     path = write_results(output_dir, cfg.experiment, variants, {}, int(cfg.seed), time.time() - t0,

@@ -148,10 +148,12 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
         finish_wandb()
 
 
-def run_variant(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+def run_variant(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
+    """Run one variant; its results (and sweep points) carry the study's overrides for claims."""
     vdir.mkdir(parents=True, exist_ok=True)
     results = run_job(cfg, vdir, name) if cfg.job is not None else run_lightning(cfg, vdir, name)
     for r in results:
+        r.overrides = {**(overrides or {}), **r.overrides}
         r.save()
     return results
 

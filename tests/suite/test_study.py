@@ -32,6 +32,7 @@ def test_study_runs_claims_and_skips_finished(config_dir, tmp_path):
     assert len(results["variants"]) == 4 and len(calls()) == 4
     var = results["variants"]["large__b=2.0__seed=1"]
     assert var["metrics"]["value"] == 10.0 * 1 + 2.0 and var["dir"] == "large__b=2.0__seed=1"
+    assert var["overrides"] == {"job.a": 10.0, "job.b": 2.0} and var["seed"] == 1
     assert results["metrics"]["small__b=1.0__seed=1:value"] == 2.0
     claim = results["claims"]["values_positive"]
     assert claim == {"holds": True, "value": 2.0, "reference": 0.0, "detail": "min over 4 variants"}

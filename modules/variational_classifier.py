@@ -43,7 +43,20 @@ def make_net(net: str, image_size: int, channels: int, num_classes: int, width: 
                              nn.Conv2d(channels, width // 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Conv2d(width // 2, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Flatten(), nn.Linear(width * side * side, num_classes))
-    raise ValueError(f"module.net: expected 'vit', 'mlp' or 'cnn', got {net!r}")
+    if net == "resnet18":
+        return resnet18_small(channels, image_size, num_classes)
+    raise ValueError(f"module.net: expected 'vit', 'mlp', 'cnn' or 'resnet18', got {net!r}")
+
+
+def resnet18_small(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 (random init) with the usual small-image stem: a 3x3 stride-1 first
+    convolution and no max-pool, as in the CIFAR experiments of the paper; takes flat inputs."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return nn.Sequential(nn.Unflatten(1, (channels, image_size, image_size)), model)
 
 
 class VariationalClassifier(GenLabModule):

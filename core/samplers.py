@@ -81,9 +81,10 @@ def _tvec(t: torch.Tensor, x: Any) -> torch.Tensor:
 
 
 def _run(step_fn, x, times, callback, return_trajectory):
+    """Apply ``step_fn(x, t0, t1, last)`` along the grid, with the callback and the trajectory."""
     traj = [tree_clone(x)] if return_trajectory else None
     for i in range(len(times) - 1):
-        x = step_fn(x, times[i], times[i + 1])
+        x = step_fn(x, times[i], times[i + 1], i == len(times) - 2)
         if callback is not None:
             callback(i, times[i + 1], x)
         if traj is not None:
@@ -111,13 +112,11 @@ def euler_maruyama(
     f = _counted(drift, counter, x)
     n_steps = len(times) - 1
 
-    def step(state, t0, t1):
+    def step(state, t0, t1, last):
         dt = t1 - t0
         d = f(state, _tvec(t0, state))
         g = diffusion(t0)
         mean = tree_map(lambda s, ds: s + ds * dt, state, d)
-        last = bool(torch.isclose(t1, times[-1])) and step.i == n_steps - 1
-        step.i += 1
         if last and not final_noise:
             return mean
         z = tree_randn_like(state, generator)
@@ -126,7 +125,6 @@ def euler_maruyama(
             return tuple(m + gi * torch.sqrt(dt.abs()) * zi for m, gi, zi in zip(mean, gs, z))
         return mean + g * torch.sqrt(dt.abs()) * z
 
-    step.i = 0
     calls0 = counter.calls if counter is not None else 0
     x, traj = _run(step, x, times, callback, return_trajectory)
     nfe = (counter.calls - calls0) if counter is not None else n_steps
@@ -148,7 +146,7 @@ def ode_euler(
     _check_grid(times)
     f = _counted(drift, counter, x)
 
-    def step(state, t0, t1):
+    def step(state, t0, t1, last):
         return tree_map(lambda s, ds: s + ds * (t1 - t0), state, f(state, _tvec(t0, state)))
 
     x, traj = _run(step, x, times, callback, return_trajectory)
@@ -172,7 +170,7 @@ def ode_heun(
     f = _counted(drift, counter, x)
     nfe = 0
 
-    def step(state, t0, t1):
+    def step(state, t0, t1, last):
         nonlocal nfe
         dt = t1 - t0
         d0 = f(state, _tvec(t0, state))

@@ -37,14 +37,15 @@ class StepTimer(L.Callback):
         if trainer.global_step == self.warmup:
             self.t0 = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the last step's end, before end-of-training work (final sample plots) that is not per-step cost
         self.t1 = time.perf_counter()
         self.steps = trainer.global_step - self.warmup
 
 
 def lightning_step_time(argv: list[str], steps: int, warmup: int, folder: Path) -> float:
     cfg = compose(*split_argv(argv + [f"trainer.max_steps={steps + warmup}", "trainer.val_check_interval=100000",
-                                      "trainer.enable_progress_bar=true"]))
+                                      ]))
     torch.manual_seed(0)
     dm, module = instantiate(cfg.data), instantiate(cfg.module)
     timer = StepTimer(warmup)

@@ -27,6 +27,10 @@ class NaNGuard(L.Callback):
         self._check(trainer, pl_module, "gradient", lambda p: p.grad)
 
     def _check(self, trainer, pl_module, kind: str, get) -> None:
+        tensors = [t for t in (get(p) for p in pl_module.parameters()) if t is not None]
+        # one reduction and one host sync per step: a NaN or inf anywhere makes the sum non-finite
+        if not tensors or torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors]).sum()):
+            return
         for name, param in pl_module.named_parameters():
             tensor = get(param)
             if tensor is not None and not torch.isfinite(tensor).all():

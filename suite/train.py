@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,6 +73,8 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
                            every_n_train_steps=cfg.checkpoint.every_n_steps,
                            train_time_interval=None)
     callbacks += [ckpt, HistoryCallback(str(vdir / "history.csv"), targs.get("log_every_n_steps", 50))]
+    if targs["enable_progress_bar"]:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))  # redrawing every step costs ms on small steps
     if cfg.checkpoint.every_minutes:
         callbacks.append(ModelCheckpoint(dirpath=str(vdir / "checkpoints"), save_last=True, save_top_k=0,
                                          train_time_interval=timedelta(minutes=cfg.checkpoint.every_minutes)))

@@ -221,11 +221,7 @@ def run_gmm(
     )
     budgets = [int(b) for b in (budgets or [400, 1600, 6400])]
     opts = {k: v for k, v in locals().items() if k.startswith(("rds_", "ula_", "ais_", "oracle_"))}
-    metrics, raw = budget_sweep(target, estimators, budgets, chains, repeats, seed, opts)
-    output_dir = Path(output_dir)
-    plot_budget_curves(raw, estimators, budgets, output_dir / "logz_error_vs_budget.png", target.name)
-    plot_samples(raw, estimators, budgets[-1], target, output_dir / "samples_at_max_budget.png")
-    metrics["test/true_log_z"] = target.log_z
+    metrics = _sweep_with_figures(target, estimators, budgets, chains, repeats, seed, opts, output_dir)
     metrics["test/max_budget"] = budgets[-1]
     metrics["test/repeats"] = repeats
     metrics["test/chains"] = chains
@@ -264,6 +260,11 @@ def run_funnel(
     budgets = [int(b) for b in (budgets or [400, 1600, 6400])]
     opts = {k: v for k, v in locals().items() if k.startswith(("rds_", "ula_", "ais_"))}
     opts["oracle_max_steps"] = 0
+    return _sweep_with_figures(target, estimators, budgets, chains, repeats, seed, opts, output_dir)
+
+
+def _sweep_with_figures(target, estimators, budgets, chains, repeats, seed, opts, output_dir) -> dict:
+    """The budget sweep, its two figures (error vs budget, samples at the largest budget), true log Z."""
     metrics, raw = budget_sweep(target, estimators, budgets, chains, repeats, seed, opts)
     output_dir = Path(output_dir)
     plot_budget_curves(raw, estimators, budgets, output_dir / "logz_error_vs_budget.png", target.name)

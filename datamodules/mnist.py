@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import IndexedTensorDataset, TensorDataModule
 
@@ -100,3 +101,37 @@ class MNISTDataModule(TensorDataModule):
         nv = min(self.n_val, len(xte) // 2)
         return (IndexedTensorDataset(xtr, y=ytr), IndexedTensorDataset(xte[:nv], y=yte[:nv]),
                 IndexedTensorDataset(xte[nv:], y=yte[nv:]))
+
+
+class _TensorBatches(Dataset):
+    """Item i = the batch of step i: the whole training set when ``batch_size`` >= n, else ``batch_size``
+    examples drawn with a generator seeded by (seed, i), by tensor indexing. One item per step, with no
+    per-example collation (which dominated these tiny models' steps on a loaded CPU)."""
+
+    def __init__(self, ds, batch_size: int, seed: int, length: int) -> None:
+        self.x, self.extras, self.batch_size, self.seed, self.length = ds.x, ds.extras, batch_size, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.x)
+        if self.batch_size >= n:
+            idx = torch.arange(n)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            idx = torch.randperm(n, generator=gen)[: self.batch_size]
+        return {"x": self.x[idx], "index": idx, **{k: v[idx] for k, v in self.extras.items()}}
+
+
+class TensorBatchMNIST(MNISTDataModule):
+    """:class:`~datamodules.mnist.MNISTDataModule` (same arguments) whose training loader yields one
+    pre-built batch per step: the full training set when ``batch_size`` >= n_train (the paper's full-batch
+    DAE training), else a seeded random minibatch. An epoch is ``steps_per_epoch`` steps, so Lightning's
+    per-epoch overhead does not dominate one-step epochs. Validation and test loaders are unchanged."""
+
+    steps_per_epoch = 100_000
+
+    def train_dataloader(self) -> DataLoader:
+        ds = _TensorBatches(self.train_set, self.batch_size, self.seed, self.steps_per_epoch)
+        return DataLoader(ds, batch_size=None, shuffle=False)

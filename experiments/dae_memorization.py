@@ -8,9 +8,6 @@ Claims (from each variant's test metrics, see modules.relu_dae):
 * ``rows_store_samples``: the mean max cosine of the active encoder rows to the centred training images
   is > 0.9 at the smallest n and < 0.6 at the largest;
 * ``generalization_gap_shrinks``: test minus train denoising loss falls monotonically as n grows.
-
-Also ``TensorBatchMNIST``: MNIST as one pre-built batch per step (the full training set for the paper's
-full-batch training; collating thousands of single examples every step would dominate a CPU run).
 """
 
 from __future__ import annotations
@@ -18,45 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from datamodules.mnist import MNISTDataModule
 from suite.results import Claim, VariantResult
-
-
-class _TensorBatches(Dataset):
-    """Item i = the batch of step i: the whole training set when ``batch_size`` >= n, else ``batch_size``
-    examples drawn with a generator seeded by (seed, i), by tensor indexing. One item per step, with no
-    per-example collation (which dominated these tiny models' steps on a loaded CPU)."""
-
-    def __init__(self, ds, batch_size: int, seed: int, length: int) -> None:
-        self.x, self.extras, self.batch_size, self.seed, self.length = ds.x, ds.extras, batch_size, seed, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        n = len(self.x)
-        if self.batch_size >= n:
-            idx = torch.arange(n)
-        else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-            idx = torch.randperm(n, generator=gen)[: self.batch_size]
-        return {"x": self.x[idx], "index": idx, **{k: v[idx] for k, v in self.extras.items()}}
-
-
-class TensorBatchMNIST(MNISTDataModule):
-    """:class:`~datamodules.mnist.MNISTDataModule` (same arguments) whose training loader yields one
-    pre-built batch per step: the full training set when ``batch_size`` >= n_train (the paper's full-batch
-    DAE training), else a seeded random minibatch. An epoch is ``steps_per_epoch`` steps, so Lightning's
-    per-epoch overhead does not dominate one-step epochs. Validation and test loaders are unchanged."""
-
-    steps_per_epoch = 100_000
-
-    def train_dataloader(self) -> DataLoader:
-        ds = _TensorBatches(self.train_set, self.batch_size, self.seed, self.steps_per_epoch)
-        return DataLoader(ds, batch_size=None, shuffle=False)
 
 
 def n_train_of(var: VariantResult) -> int | None:

@@ -29,6 +29,8 @@ arbitrary scale, not a likelihood.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -54,6 +56,7 @@ __all__ = [
     "epg_loss",
     "flow_sde_step",
     "group_advantages",
+    "inverse_proposal_density",
     "nft_loss",
     "nft_reward_prob",
     "ode_rollout",
@@ -66,6 +69,7 @@ __all__ = [
 ]
 
 WEIGHTINGS = ("uniform", "elbo")
+PROPOSALS = ("uniform", "loguniform")
 
 
 def elbo_draws(
@@ -77,24 +81,49 @@ def elbo_draws(
     device: torch.device | str | None = None,
     *,
     stratified: bool = False,
+    proposal: str = "uniform",
+    antithetic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The (t, eps) draws of the ELBO's Monte-Carlo estimate, to be SHARED by the new and old policy.
 
-    Returns t (mc, n) ~ U(t_range) and eps (mc, n, *shape) ~ N(0, I). With ``stratified=True``
-    draw m of every example lies in the m-th of mc equal sub-intervals of t_range (still
-    unbiased for the mean over t; lower variance).
+    Returns t (mc, n) in t_range and eps (mc, n, *shape) ~ N(0, I). Keyword options (variance
+    reduction; pass the same ``proposal`` and ``t_range`` to ``elbo`` so it reweights by 1/q(t)):
+    ``proposal`` "uniform" (t ~ U(t_range)) or "loguniform" (q(t) = 1 / (t log(t_max/t_min)), which
+    cancels the 1/t of the "elbo" weight); ``stratified``: draw m of every example lies in the m-th
+    of mc equal-probability strata of the proposal; ``antithetic``: eps[mc//2 + j] = -eps[j]
+    (mc must be even).
     """
     lo, hi = float(t_range[0]), float(t_range[1])
     if not 0.0 < lo < hi <= 1.0:
         raise ValueError(f"t_range must satisfy 0 < t_min < t_max <= 1, got {t_range}")
     if mc < 1 or n < 1:
         raise ValueError(f"elbo_draws needs mc >= 1 and n >= 1, got mc={mc}, n={n}")
+    if proposal not in PROPOSALS:
+        raise ValueError(f"unknown t proposal {proposal!r}; choose one of {PROPOSALS}")
+    if antithetic and mc % 2:
+        raise ValueError(f"antithetic draws pair eps with -eps: mc must be even, got {mc}")
     u = torch.rand((mc, n), generator=generator, device=device)
     if stratified:
         u = (torch.arange(mc, device=u.device, dtype=u.dtype)[:, None] + u) / mc
-    t = lo + (hi - lo) * u
-    eps = torch.randn((mc, n, *shape), generator=generator, device=device)
+    t = lo + (hi - lo) * u if proposal == "uniform" else lo * (hi / lo) ** u
+    eps = torch.randn((mc // 2 if antithetic else mc, n, *shape), generator=generator, device=device)
+    if antithetic:
+        eps = torch.cat([eps, -eps])
     return t, eps
+
+
+def inverse_proposal_density(t: Tensor, t_range: tuple[float, float] | None, proposal: str = "uniform") -> Tensor:
+    """1/q(t) of the draws' proposal: t_max - t_min (uniform), t log(t_max/t_min) (loguniform); 1 without t_range."""
+    if proposal not in PROPOSALS:
+        raise ValueError(f"unknown t proposal {proposal!r}; choose one of {PROPOSALS}")
+    if t_range is None:
+        if proposal != "uniform":
+            raise ValueError(f"proposal={proposal!r} needs the draws' t_range to weight by 1/q(t)")
+        return torch.ones_like(t)
+    lo, hi = float(t_range[0]), float(t_range[1])
+    if proposal == "uniform":
+        return torch.full_like(t, hi - lo)
+    return t * math.log(hi / lo)
 
 
 def elbo_weight(t: Tensor, weighting: str) -> Tensor:
@@ -115,14 +144,16 @@ def elbo(
     counter: EvalCounter | None = None,
     *,
     t_range: tuple[float, float] | None = None,
+    proposal: str = "uniform",
 ) -> Tensor:
     """(N,) Monte-Carlo ELBO of x0 (N, *S) under ``velocity``, up to a model-independent constant.
 
-    elbo = -1/2 * scale * mean_m w(t_m) |v(x_t, t_m) - (eps_m - x0)|^2, the square summed over the
+    elbo = -1/2 * mean_m scale_m w(t_m) |v(x_t, t_m) - (eps_m - x0)|^2, the square summed over the
     non-batch dims, x_t = (1 - t_m) x0 + t_m eps_m; t (mc, N) and eps (mc, N, *S) from elbo_draws.
-    scale = 1, or (t_max - t_min) when ``t_range`` (the draws' range) is given, so that with
-    weighting="elbo" the value estimates -1/2 int_{t_min}^{t_max} w(t) E|v - u|^2 dt, the ELBO's
-    diffusion term (module doc), on the scale of log p. One velocity call (N rows) per draw m.
+    scale_m = 1/q(t_m), the inverse density of the draws' proposal on ``t_range`` (t_max - t_min for
+    "uniform"), so that with weighting="elbo" the value estimates -1/2 int_{t_min}^{t_max} w(t) E|v - u|^2 dt,
+    the ELBO's diffusion term (module doc), on the scale of log p; scale = 1 (a plain mean) when
+    t_range is None (uniform proposal only). One velocity call (N rows) per draw m.
     The log-ratio estimate is elbo(new) - elbo(old) with the SAME (t, eps); it is differentiable in
     ``velocity``'s parameters.
     """
@@ -130,7 +161,7 @@ def elbo(
         raise ValueError(f"t must be (mc, N) with N = x0.shape[0] = {x0.shape[0]}, got {tuple(t.shape)}")
     if tuple(eps.shape) != (t.shape[0], *x0.shape):
         raise ValueError(f"eps must be (mc, *x0.shape) = {(t.shape[0], *x0.shape)}, got {tuple(eps.shape)}")
-    weights = elbo_weight(t, weighting)
+    weights = elbo_weight(t, weighting) * inverse_proposal_density(t, t_range, proposal)
     dims = tuple(range(1, x0.ndim))
     total = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     for m in range(t.shape[0]):
@@ -142,8 +173,7 @@ def elbo(
         err = velocity(x_t, tm) - (eps[m] - x0)
         sq = (err**2).sum(dim=dims) if dims else err**2
         total = total + weights[m] * sq
-    scale = 1.0 if t_range is None else float(t_range[1]) - float(t_range[0])
-    return -0.5 * scale * total / t.shape[0]
+    return -0.5 * total / t.shape[0]
 
 
 def group_advantages(rewards: Tensor, clip: float | None = 5.0, eps: float = 1e-4) -> Tensor:

@@ -15,6 +15,7 @@ from core.rl import (
     epg_loss,
     flow_sde_step,
     group_advantages,
+    inverse_proposal_density,
     nft_loss,
     nft_reward_prob,
     ode_rollout,
@@ -181,6 +182,25 @@ def test_elbo_weighting_gives_exact_gaussian_logratio():
     assert abs(float(est_u.mean()) - exact) > 10 * float(est_u.std()) / math.sqrt(n)
 
 
+@pytest.mark.parametrize("proposal", ["uniform", "loguniform"])
+def test_elbo_variance_reduced_draws_keep_the_exact_gaussian_logratio(proposal):
+    m1, s1, m2, s2 = torch.zeros(2), 1.0, torch.tensor([0.3, -0.2]), 0.7
+    x0 = torch.tensor([-0.4, 0.8])
+    exact = float(gaussian_logpdf(x0, m2, s2) - gaussian_logpdf(x0, m1, s1))
+    n, mc, t_range = 4000, 8, (0.001, 0.999)
+    xs = x0.expand(n, 2).clone()
+    t, eps = elbo_draws(n, (2,), mc, torch.Generator().manual_seed(7), t_range, stratified=True,
+                        proposal=proposal, antithetic=True)
+    torch.testing.assert_close(eps[4:], -eps[:4])
+    kw = {"t_range": t_range, "proposal": proposal}
+    est = elbo(gaussian_velocity(m2, s2), xs, t, eps, "elbo", **kw) - elbo(gaussian_velocity(m1, s1), xs, t, eps,
+                                                                           "elbo", **kw)
+    se = float(est.std()) / math.sqrt(n)
+    assert abs(float(est.mean()) - exact) < 4 * se + 0.01, (float(est.mean()), exact, se)
+    # 1/q(t) is the right inverse density: its mean under the proposal is the range's length
+    assert float(inverse_proposal_density(t, t_range, proposal).mean()) == pytest.approx(0.998, rel=0.02)
+
+
 def test_elbo_weight_integrates_to_exact_gaussian_logdensity_by_quadrature():
     # E_eps |u - v*|^2 at data x0 for the model N(m, s^2): (1 - k t)^2 + y^2 t^2 / c^2 per dim, y = x0 - m,
     # so the y-dependent part of -1/2 int w(t) E|.|^2 dt must be -y^2 / (2 s^2) (= log-density's)
@@ -199,6 +219,10 @@ def test_elbo_draws_and_bad_input():
         assert bool(((t[m] >= lo + (hi - lo) * m / 4) & (t[m] <= lo + (hi - lo) * (m + 1) / 4)).all())
     with pytest.raises(ValueError, match="weighting"):
         elbo_weight(t, "snr")
+    with pytest.raises(ValueError, match="mc must be even"):
+        elbo_draws(5, (2,), mc=3, antithetic=True)
+    with pytest.raises(ValueError, match="needs the draws' t_range"):
+        elbo(lambda x, tt: x, torch.zeros(5, 3, 2), t, eps, proposal="loguniform")
     with pytest.raises(ValueError, match="eps must be"):
         elbo(lambda x, tt: x, torch.zeros(5, 2), t, eps)
 

@@ -315,3 +315,23 @@ def test_per_step_logprob_is_differentiable_in_parameters():
     t, eps = elbo_draws(4, (2,), mc=2)
     elbo(vel, traj.final, t, eps, "elbo").sum().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in vel.parameters())
+
+
+def test_image_shaped_states():
+    # (N, C, H, W) states: sums run over all non-batch dims; a linear velocity keeps it exact and cheap
+    w = torch.randn(3, 1, 1)
+    vel = lambda x, t: -w * x + t[:, None, None, None]  # noqa: E731
+    x1 = torch.randn(2, 3, 4, 4)
+    traj = sde_rollout(x1, rollout_times(3), vel)
+    assert traj.xs.shape == (4, 2, 3, 4, 4)
+    lp = per_step_logprob(traj, vel)
+    assert lp.shape == (2,) and torch.isfinite(lp).all()
+    t, eps = elbo_draws(2, (3, 4, 4), mc=2)
+    e = elbo(vel, traj.final, t, eps, "elbo", t_range=(0.02, 0.98))
+    terms = []
+    for m in range(2):
+        tb = t[m].view(-1, 1, 1, 1)
+        err = vel((1 - tb) * traj.final + tb * eps[m], t[m]) - (eps[m] - traj.final)
+        terms.append(2 * (1 - t[m]) / t[m] * 0.96 * (err**2).sum((1, 2, 3)))
+    expect = -0.5 * torch.stack(terms).mean(0)
+    torch.testing.assert_close(e, expect)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 class IndexedTensorDataset(Dataset):
@@ -26,6 +26,36 @@ class IndexedTensorDataset(Dataset):
         item = {"x": self.x[i], "index": torch.tensor(i, dtype=torch.long)}
         item.update({k: v[i] for k, v in self.extras.items()})
         return item
+
+    def __getitems__(self, indices: list[int]) -> RowBatch:
+        """A whole batch by one tensor index per field (DataLoader calls this instead of B
+        ``__getitem__`` calls); :func:`collate_rows` passes it through unchanged."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return RowBatch({"x": self.x[idx], "index": idx, **{k: v[idx] for k, v in self.extras.items()}})
+
+
+class RowBatch(Sequence):
+    """A batch already gathered as one dict of tensors, that still reads as a sequence of row dicts,
+    so a DataLoader with torch's default collate gets the same batch (row by row) as with
+    :func:`collate_rows`, which skips the per-row work (~5 ms per step on a small CPU model)."""
+
+    def __init__(self, batched: dict[str, torch.Tensor]) -> None:
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return len(self.batched["index"])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return {k: v[i] for k, v in self.batched.items()}
+
+
+def collate_rows(data):
+    """DataLoader collate: a :class:`RowBatch` as is, anything else by torch's default collate."""
+    return data.batched if isinstance(data, RowBatch) else default_collate(data)
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -118,7 +148,7 @@ class TensorDataModule(L.LightningDataModule):
         return self.train_set.x
 
     def _loader(self, ds: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=False,
+        return DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=False, collate_fn=collate_rows,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -128,7 +158,7 @@ class TensorDataModule(L.LightningDataModule):
         sampler = GlobalBatchSampler(len(self.train_set), min(self.batch_size, len(self.train_set)),
                                      self.shuffle_seed, rank, world)
         return ResumableLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                               persistent_workers=self.num_workers > 0,
+                               collate_fn=collate_rows, persistent_workers=self.num_workers > 0,
                                progress=(lambda: trainer_progress(trainer)) if trainer is not None else None)
 
     def val_dataloader(self) -> DataLoader:

@@ -45,3 +45,15 @@ def test_claim_compares_error_variances(tmp_path):
     assert claim.holds and claim.value == 0.2 and "n=100" in claim.detail
     m["test/claim_var_elbo"] = 0.4
     assert not claims({"main": VariantResult("main", m, tmp_path)}, cfg)["elbo_lower_variance"].holds
+
+
+def test_claim_pools_seeds(tmp_path):
+    base = {"test/claim_budget": 10, "test/n_samples": 100, "test/elbo_is@K10/bias": 0.0,
+            "test/per_step@K10/bias": 0.1}
+    a = {**base, "test/claim_var_elbo": 0.1, "test/claim_var_per_step": 0.2}
+    b = {**base, "test/claim_var_elbo": 0.35, "test/claim_var_per_step": 0.3}  # worse on this seed
+    cfg = SimpleNamespace(job={"claim_estimator": "elbo_is"})
+    claim = claims({"seed=0": VariantResult("seed=0", a, tmp_path), "seed=1": VariantResult("seed=1", b, tmp_path)},
+                   cfg)["elbo_lower_variance"]
+    assert claim.holds and claim.value == pytest.approx(0.225) and claim.reference == pytest.approx(0.25)
+    assert "seed=1" in claim.detail and "2 seed(s)" in claim.detail

@@ -1,0 +1,410 @@
+"""Diffuse Everything (Rojas, Zhu, Zhu, Ye, Tao 2025) on image + caption pairs: one MMDiT, two time groups.
+
+The state is (image (B, 3, S, S) in [-1, 1], caption tokens (B, L)); the image follows the suite's VP
+process (eps-MSE), the caption absorbing mask diffusion (weighted cross-entropy; the padding token is an
+ordinary token, so the caption's length is generated too), and the loss is L_img + lambda L_txt
+(core.multimodal). Training draws (t_img, t_txt) independently, with probability ``p_condition`` one of
+them set to 0 (the conditionals) and with ``p_equal`` both equal (the joint path). One trained model then:
+
+* samples pairs jointly (both groups generated, equal times);
+* text -> image: the caption held clean at t_txt = 0; optional noisy guidance (eps = eps_c + w (eps_c -
+  eps_u), eps_u from the same model with the caption noised to ``guidance_time``; 1 = all masked), only
+  for t in ``guidance_window``;
+* image -> text: the image held clean at t_img = 0.
+
+Test-time evaluation (rank 0): text -> image by Shapes-GenEval on the fixed prompt set, with and without
+noisy guidance; image -> text on held-out test scenes by exact match (the generated caption parses, is
+true of the scene and names exactly the scene's objects); unconditional pairs by consistency (the
+caption parses and the evaluator finds it true of the generated image, strict) against the same
+captions shuffled across pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from callbacks.media import log_images
+from core.masked_diffusion import MaskedDiffusion, confidence_decode
+from core.multimodal import MultimodalProcess, Part
+from core.processes import VP
+from core.samplers import SampleResult
+from core.shapes import evaluate, geneval_score, load_eval_prompts
+from core.shapes.grammar import COLORS, NUMBERS, PLURALS, RELATIONS, SHAPES, TAGS, Tokenizer, caption
+from modules.base import GenLabModule
+from modules.nets.mmdit import MMDiT
+
+IMAGE, TEXT = 0, 1  # time groups
+_COUNT_WORDS = {"a": 1, "an": 1} | {w: n for n, w in NUMBERS.items() if n > 1}
+_SINGULAR = {s: s for s in SHAPES}
+_PLURAL = {p: s for s, p in PLURALS.items()}
+_RELATION_WORDS = {tuple(phrase.split()): rel for rel, phrase in RELATIONS.items()}
+
+
+# ----- captions <-> metadata ------------------------------------------------------------------------
+def _noun_phrase(words: list[str], i: int) -> tuple[dict, int] | None:
+    """'a red circle' / 'three squares' starting at words[i] -> (include entry, next index)."""
+    if i >= len(words) or words[i] not in _COUNT_WORDS:
+        return None
+    count, i = _COUNT_WORDS[words[i]], i + 1
+    color = None
+    if i < len(words) and words[i] in COLORS:
+        color, i = words[i], i + 1
+    nouns = _SINGULAR if count == 1 else _PLURAL
+    if i >= len(words) or words[i] not in nouns:
+        return None
+    entry = {"class": nouns[words[i]], "count": count} | ({"color": color} if color else {})
+    return entry, i + 1
+
+
+def parse_caption(text: str) -> dict | None:
+    """Caption -> GenEval metadata (the inverse of core.shapes.grammar.caption), or None when it is not a
+    sentence of the grammar. Forms: NP; NP and NP; NP <relation> NP (both of count 1). A single NP of
+    count n > 1 means exactly n (an exclude of n + 1, as in the counting prompts). Articles must agree
+    ('an orange'): the parse is accepted only if the metadata's caption gives back the same words."""
+    words = text.split()
+    first = _noun_phrase(words, 0)
+    if first is None:
+        return None
+    a, i = first
+    if i == len(words):
+        meta = {"include": [a]}
+        if a["count"] > 1:
+            meta |= {"tag": "counting", "exclude": [{"class": a["class"], "count": a["count"] + 1}]}
+        else:
+            meta["tag"] = "colors" if "color" in a else "single_object"
+    elif words[i] == "and":
+        second = _noun_phrase(words, i + 1)
+        if second is None or second[1] != len(words):
+            return None
+        meta = {"tag": "color_attr" if "color" in a else "two_object", "include": [a, second[0]]}
+    else:
+        rel = next((r for w, r in _RELATION_WORDS.items() if tuple(words[i : i + len(w)]) == w), None)
+        if rel is None or a["count"] != 1:
+            return None
+        second = _noun_phrase(words, i + len(RELATIONS[rel].split()))
+        if second is None or second[1] != len(words) or second[0]["count"] != 1:
+            return None
+        meta = {"tag": "position", "include": [second[0], a | {"position": [rel, 0]}]}
+    if caption(meta) != " ".join(words):
+        return None
+    return meta | {"prompt": " ".join(words)}
+
+
+def parse_tokens(tokens: torch.Tensor, tokenizer: Tokenizer) -> list[dict | None]:
+    """(B, L) token ids -> parsed metadata per row; a row must be words then only padding (0), else None."""
+    out = []
+    for row in tokens.tolist():
+        n = row.index(0) if 0 in row else len(row)
+        if any(t != 0 for t in row[n:]) or any(t >= len(tokenizer) for t in row):
+            out.append(None)
+            continue
+        out.append(parse_caption(" ".join(tokenizer.vocab[t] for t in row[:n])))
+    return out
+
+
+def captions_true(images01: torch.Tensor, metas: list[dict | None]) -> torch.Tensor:
+    """(B,) bool: caption i parses and the exact evaluator (strict) finds it true of image i (in [0, 1])."""
+    ok = torch.zeros(len(metas), dtype=torch.bool)
+    idx = [i for i, m in enumerate(metas) if m is not None]
+    if idx:
+        ok[idx] = evaluate(images01[idx], [metas[i] for i in idx], strict=True).passed
+    return ok
+
+
+def object_multiset(meta: dict) -> list[tuple[str, int]]:
+    return sorted((r["class"], int(r.get("count", 1))) for r in meta["include"])
+
+
+def shuffled_consistency(images01: torch.Tensor, metas: list[dict | None], rounds: int, seed: int = 0) -> float:
+    """Mean consistency of the same captions paired with other pairs' images (random derangements:
+    a permutation composed with a non-zero cyclic shift, so no caption keeps its own image)."""
+    g, n, rates = torch.Generator().manual_seed(seed), len(metas), []
+    for _ in range(rounds):
+        perm = torch.randperm(n, generator=g)
+        shift = int(torch.randint(1, n, (1,), generator=g)) if n > 1 else 0
+        partner = perm.roll(shift)  # caption perm[k] goes with image perm[k + shift]
+        caps = [None] * n
+        for k in range(n):
+            caps[int(partner[k])] = metas[int(perm[k])]
+        rates.append(float(captions_true(images01, caps).float().mean()))
+    return sum(rates) / len(rates)
+
+
+def first_per_category(prompts: list[dict], k: int) -> list[dict]:
+    """The first k prompts of each GenEval category (all when k <= 0); callbacks.geneval has the same
+    selection, not imported here so the module does not pull in the FID stack."""
+    if k <= 0:
+        return list(prompts)
+    seen = dict.fromkeys(TAGS, 0)
+    out = []
+    for p in prompts:
+        if seen.get(p["tag"], k) < k:
+            out.append(p)
+            seen[p["tag"]] += 1
+    return out
+
+
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+# ----- the module -----------------------------------------------------------------------------------
+class MultimodalTextImage(GenLabModule):
+    """Image + caption diffusion with decoupled times on an MMDiT; see the module docstring.
+
+    Args:
+        image_size, patch, max_len: image side, patch side, caption length (must match the data).
+        hidden, depth, heads: MMDiT size.
+        p_condition, p_equal: training probabilities of one group at t = 0 / of equal times.
+        lambda_disc: weight of the caption loss.
+        beta_min, beta_max, mask_eps: the VP process and the log-linear mask schedule.
+        lr, weight_decay, warmup_steps: AdamW with warm-up then cosine decay to 10%.
+        sample_steps, text_steps: reverse steps for images / joint pairs, and for image -> text.
+        text_decoder, text_temperature: image -> text by ``confidence`` (top-1 per step for text_steps =
+            max_len; core.masked_diffusion.confidence_decode) or ``ancestral`` (core.multimodal), and the
+            token temperature of the confidence decoder (0 = greedy).
+        continuous_step, clip_x0: the image part's reverse step (core.multimodal) and x0 clipping.
+        guidance, guidance_time, guidance_window: noisy guidance of text -> image at test.
+        eval_prompts_per_category: GenEval prompts per category (0 = all 553).
+        i2t_images, joint_pairs, shuffle_rounds, eval_batch: sizes of the other evaluations.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch: int = 4,
+        max_len: int = 12,
+        hidden: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        p_condition: float = 0.4,
+        p_equal: float = 0.2,
+        lambda_disc: float = 1.0,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        mask_eps: float = 1e-3,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        sample_steps: int = 30,
+        text_steps: int = 12,
+        text_decoder: str = "confidence",
+        text_temperature: float = 0.0,
+        continuous_step: str = "ancestral",
+        clip_x0: float | None = 1.0,
+        guidance: float = 2.0,
+        guidance_time: float = 1.0,
+        guidance_window: list[float] | None = None,
+        eval_prompts_per_category: int = 0,
+        i2t_images: int = 512,
+        joint_pairs: int = 256,
+        shuffle_rounds: int = 5,
+        eval_batch: int = 256,
+    ) -> None:
+        super().__init__()
+        if text_decoder not in ("confidence", "ancestral"):
+            raise ValueError(f"module.text_decoder must be confidence or ancestral, got {text_decoder!r}")
+        self.save_hyperparameters()
+        self.tokenizer = Tokenizer(max_len)
+        V = len(self.tokenizer)
+        self.net = MMDiT(image_size, 3, patch, V, max_len, hidden, depth, heads)
+        self.process = MultimodalProcess(
+            [Part("continuous", IMAGE), Part("discrete", TEXT)],
+            2,
+            continuous=VP(beta_min, beta_max),
+            discrete=MaskedDiffusion(self.net.mask_id, eps=mask_eps),
+        )
+        self.sample_steps = sample_steps
+        self.guidance_window = tuple(guidance_window) if guidance_window is not None else (0.0, 1.0)
+
+    def forward(self, state: tuple, t_groups: torch.Tensor) -> tuple:
+        return self.net(state[0], state[1], t_groups)
+
+    # ----- training -----------------------------------------------------------------------------
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_img + lambda L_txt; times and noise keyed by example index unless ``generator``."""
+        x0 = (batch["x"], batch["tokens"])
+        if x0[1].shape[1] != self.hparams.max_len:
+            raise ValueError(f"captions have {x0[1].shape[1]} tokens but module.max_len={self.hparams.max_len}")
+        B = len(x0[0])
+        shapes = [(4,), tuple(x0[0].shape[1:]), tuple(x0[1].shape[1:])]
+        if generator is not None:
+            u = torch.rand((B, *shapes[0]), generator=generator).to(self.device)
+            eps = torch.randn((B, *shapes[1]), generator=generator).to(self.device)
+            um = torch.rand((B, *shapes[2]), generator=generator).to(self.device)
+        else:
+            idx = batch["index"]
+            u = self.example_uniform(idx, shapes[0], 0)
+            eps = self.example_normal(idx, shapes[1], 1)
+            um = self.example_uniform(idx, shapes[2], 2)
+        h = self.hparams
+        t = self.process.draw_times(u, h.p_condition, h.p_equal)
+        noise = (eps, um)
+        x_t = self.process.add_noise(x0, t, noise)
+        l_img, l_txt = self.process.losses(self(x_t, t), x0, x_t, noise, t)
+        self._parts = (l_img.mean().detach(), l_txt.mean().detach())
+        return l_img.mean() + h.lambda_disc * l_txt.mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_img", self._parts[0])
+        self.log("train/loss_txt", self._parts[1])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self.compute_loss(batch, torch.Generator().manual_seed(1234 + batch_idx)), sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("test/loss", self.compute_loss(batch, torch.Generator().manual_seed(4321 + batch_idx)), sync_dist=True)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        return self.warmup_cosine(opt, h.warmup_steps)
+
+    # ----- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        steps: int | None = None,
+        images: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        guidance_time: float | None = None,
+        guidance_window: tuple[float, float] | None = None,
+    ) -> SampleResult:
+        """``n`` pairs x = (images (n, 3, S, S) in [-1, 1], tokens (n, L)). Given ``tokens``: text -> image
+        (caption clean at t = 0, optional noisy guidance); given ``images``: image -> text; neither: joint."""
+        if images is not None and tokens is not None:
+            raise ValueError("give images (image -> text) or tokens (text -> image), not both")
+        h, S, L = self.hparams, self.hparams.image_size, self.hparams.max_len
+        shapes = [(n, 3, S, S), (n, L)]
+        given, generate = None, None
+        if tokens is not None:
+            given, generate = (torch.zeros(shapes[0], device=self.device), tokens.to(self.device)), [IMAGE]
+        elif images is not None:
+            given = (images.to(self.device), torch.zeros(shapes[1], dtype=torch.long, device=self.device))
+            generate = [TEXT]
+        was_training = self.training
+        self.eval()
+        try:
+            if images is not None and h.text_decoder == "confidence":
+                return self._caption_by_confidence(given[0], steps or h.text_steps, generator, return_trajectory)
+            return self.process.sample(
+                self,
+                shapes,
+                steps or self.sample_steps,
+                generate=generate,
+                given=given,
+                guidance=guidance,
+                guidance_time=h.guidance_time if guidance_time is None else guidance_time,
+                guidance_window=self.guidance_window if guidance_window is None else tuple(guidance_window),
+                generator=generator,
+                counter=self.nfe,
+                device=self.device,
+                return_trajectory=return_trajectory,
+                continuous_step=h.continuous_step,
+                clip_x0=h.clip_x0,
+            )
+        finally:
+            self.train(was_training)
+
+    def _caption_by_confidence(self, images: torch.Tensor, steps: int, generator, return_trajectory: bool):
+        """Image -> text with the suite's confidence decoder (core.masked_diffusion.confidence_decode:
+        MaskGIT/LLaDA-style, the most confident masked tokens revealed first, greedy at temperature 0),
+        the image held clean at t_img = 0; t_txt = the fraction of the caption still masked."""
+        zeros = torch.zeros(len(images), device=self.device)
+
+        def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(images, tokens, torch.stack([zeros, t.to(self.device)], 1))[1]
+
+        start = torch.full((len(images), self.hparams.max_len), self.net.mask_id, dtype=torch.long, device=self.device)
+        res = confidence_decode(
+            model_fn,
+            start,
+            steps,
+            self.net.mask_id,
+            temperature=self.hparams.text_temperature,
+            generator=generator,
+            counter=self.nfe,
+            return_trajectory=return_trajectory,
+        )
+        return SampleResult(x=(images, res.x), times=res.times, nfe=res.nfe, trajectory=res.trajectory)
+
+    def _batched(self, n: int, seed: int, steps: int | None = None, guidance: float = 0.0, **given):
+        """Sample in chunks of ``eval_batch`` (one generator: reproducible for a given chunking);
+        ``given``: images= or tokens= tensors of n rows. Returns (images, tokens) on the CPU."""
+        gen, bs, imgs, toks = torch.Generator().manual_seed(seed), self.hparams.eval_batch, [], []
+        for lo in range(0, n, bs):
+            chunk = {k: v[lo : lo + bs] for k, v in given.items()}
+            x = self.sample(min(bs, n - lo), generator=gen, steps=steps, guidance=guidance, **chunk).x
+            imgs.append(x[0].cpu())
+            toks.append(x[1].cpu())
+        return torch.cat(imgs), torch.cat(toks)
+
+    # ----- evaluation ---------------------------------------------------------------------------
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        for k, v in self.evaluate_all(self.trainer.datamodule).items():
+            self.log(f"test/{k}", float(v), rank_zero_only=True)
+
+    def evaluate_all(self, dm) -> dict[str, float]:
+        h, out = self.hparams, {}
+        start = time.time()
+        # text -> image: GenEval with and without noisy guidance (same prompts, same seed)
+        prompts = first_per_category(load_eval_prompts(), h.eval_prompts_per_category)
+        tokens = self.tokenizer.encode([p["prompt"] for p in prompts])
+        for name, w in (("t2i", 0.0), ("t2i_guided", h.guidance)):
+            imgs, _ = self._batched(len(prompts), 11, tokens=tokens, guidance=w)
+            score = geneval_score((imgs + 1) / 2, prompts)
+            out[f"{name}/geneval"], out[f"{name}/geneval_se"] = score["overall"], score["overall_se"]
+            for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr"):
+                if tag in score:
+                    out[f"{name}/{tag}"] = score[tag]
+        out["t2i/n_prompts"] = float(len(prompts))
+        # image -> text on test scenes
+        test_set, metas = dm.test_set, dm.metadata["test"]
+        n = min(h.i2t_images, len(metas))
+        real = test_set.x[:n]
+        _, toks = self._batched(n, 12, steps=h.text_steps, images=real)
+        parsed = parse_tokens(toks, self.tokenizer)
+        true = captions_true((real + 1) / 2, parsed)
+        complete = torch.tensor(
+            [p is not None and object_multiset(p) == object_multiset(m) for p, m in zip(parsed, metas[:n])]
+        )
+        exact = true & complete
+        for k, v in (
+            ("i2t/parse_rate", torch.tensor([p is not None for p in parsed])),
+            ("i2t/true", true),
+            ("i2t/exact", exact),
+        ):
+            out[k], out[k + "_se"] = float(v.float().mean()), binomial_se(float(v.float().mean()), n)
+        out["i2t/caption_match"] = float(
+            sum(p is not None and p["prompt"] == m["prompt"] for p, m in zip(parsed, metas[:n])) / n
+        )
+        out["i2t/n"] = float(n)
+        # unconditional pairs: consistency vs shuffled captions
+        imgs, toks = self._batched(h.joint_pairs, 13)
+        parsed = parse_tokens(toks, self.tokenizer)
+        cons = captions_true((imgs + 1) / 2, parsed)
+        p = float(cons.float().mean())
+        out["joint/consistency"], out["joint/consistency_se"] = p, binomial_se(p, len(parsed))
+        shuf = shuffled_consistency((imgs + 1) / 2, parsed, h.shuffle_rounds)
+        out["joint/shuffled"], out["joint/shuffled_se"] = shuf, binomial_se(shuf, len(parsed))
+        out["joint/parse_rate"] = float(sum(m is not None for m in parsed) / len(parsed))
+        out["joint/n"] = float(len(parsed))
+        out["eval_seconds"] = time.time() - start
+        k = min(32, len(parsed))
+        caps = [
+            f"{self.tokenizer.decode(toks[i : i + 1])[0]!r} -> {'consistent' if cons[i] else 'not'}" for i in range(k)
+        ]
+        log_images(self.trainer, "test/joint_pairs", imgs[:k].clamp(-1, 1), caps)
+        return out

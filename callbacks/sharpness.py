@@ -97,8 +97,14 @@ class SharpnessCallback(Callback):
         if self._probe is None:
             from lightning.pytorch.utilities import move_data_to_device
             dm = getattr(trainer, "datamodule", None)
+            dataset = getattr(dm, "train_set", None) if dm is not None else None
             if dm is not None and hasattr(dm, "probe_batch"):
                 batch = dm.probe_batch(self.probe_size)
+            elif dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+                # the first probe_size examples, read from the dataset: iterating the train loader would
+                # advance its shuffling epoch and change the training run's data order
+                from torch.utils.data import default_collate
+                batch = default_collate([dataset[i] for i in range(min(self.probe_size, len(dataset)))])
             else:
                 batches, count = [], 0
                 for b in trainer.train_dataloader:
@@ -175,11 +181,14 @@ class SharpnessCallback(Callback):
                 self._log_plot(trainer)
 
     def late_summary(self, max_step: int, late_fraction: float = 0.2) -> dict:
-        """Means over measurements in the last ``late_fraction`` of ``max_step`` steps ("late training").
+        """Means over measurements in the last ``late_fraction`` of ``max_step`` steps ("late training"),
+        leaving out measurements taken at lr = 0.
 
         H_crit here uses |g|^2 averaged over that whole late window (projected on v1, and full norm).
         """
-        late = [h for h in self.history if h["step"] >= (1 - late_fraction) * max_step]
+        # measurements at lr = 0 (the last step of a decay-to-zero schedule) have no threshold: left out
+        late = [h for h in self.history if h["step"] >= (1 - late_fraction) * max_step
+                and math.isfinite(h["threshold"])]
         if not late:
             return {}
         mean = lambda key: sum(h[key] for h in late) / len(late)  # noqa: E731
@@ -187,8 +196,9 @@ class SharpnessCallback(Callback):
                "late_lr_times_lambda": mean("lr_times_lambda"), "late_n": float(len(late)),
                "late_lambda_max_std": (sum((h["lambda_max"] - mean("lambda_max")) ** 2 for h in late)
                                        / max(len(late) - 1, 1)) ** 0.5}
-        if "precond_lambda_max" in late[-1]:
+        if all("precond_lambda_max" in h for h in late):
             out["late_precond_lambda_max"] = mean("precond_lambda_max")
+            out["late_lr_times_precond_lambda"] = mean("lr_times_precond_lambda")
         if "hcrit_proj" in late[-1]:
             lr = late[-1]["lr_times_lambda"] / late[-1]["lambda_max"] if late[-1]["lambda_max"] else None
             if lr:
@@ -210,6 +220,7 @@ class SharpnessCallback(Callback):
         import csv
         import os
         keys = sorted({k for h in self.history for k in h} - {"step"})
+        os.makedirs(trainer.default_root_dir, exist_ok=True)
         path = os.path.join(trainer.default_root_dir, "sharpness.csv")
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, ["step"] + keys)

@@ -42,11 +42,20 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def _late_window(groups: dict[str, list[VariantResult]], cfg) -> str:
+    """The late window in words: its steps and how many sharpness measurements it averages."""
+    steps = int(cfg.trainer.max_steps)
+    every = int(cfg.callbacks.sharpness.every_n_steps) if "sharpness" in cfg.callbacks else None
+    counts = sorted({int(v.metrics.get("sharpness/late_n", 0)) for runs in groups.values() for v in runs})
+    return (f"late window = the last 20% of the {steps} steps (steps >= {0.8 * steps:g}), mean of the "
+            f"{'/'.join(map(str, counts))} sharpness measurements taken every {every} steps in it")
+
+
 def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     groups = _group(variants, cfg)
     lr = float(cfg.module.lr)
     edge = 2.0 / lr
-    window = "late window = last 20% of steps"
+    window = _late_window(groups, cfg)
     out: dict[str, Claim] = {}
     late = {b: _mean_se([v.metrics[LATE] for v in runs]) for b, runs in groups.items()}
     specs = {b: _spec(b, cfg) for b in groups}
@@ -55,9 +64,11 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     gd = [b for b in groups if specs[b]["optimizer"] == "gd"]
     if gd:
         ratio = late[gd[0]][0] / edge
-        out["gd_at_edge"] = Claim(abs(ratio - 1) <= 0.10, ratio, 1.0,
-                                  f"GD late mean sharpness / (2/lr) over {len(groups[gd[0]])} seed(s), {window}; "
-                                  f"lambda={late[gd[0]][0]:.4g}, 2/lr={edge:.4g}; holds within 10%")
+        per_seed = ", ".join(f"{v.metrics[LATE] / edge:.3f}" for v in groups[gd[0]])
+        out["gd_at_edge"] = Claim(abs(ratio - 1) <= 0.10, round(ratio, 4), 1.0,
+                                  f"GD late mean sharpness / (2/lr), mean over {len(groups[gd[0]])} seed(s) "
+                                  f"(per seed {per_seed}), {window}; lambda={late[gd[0]][0]:.4g} "
+                                  f"(se {late[gd[0]][1]:.2g}), 2/lr={edge:.4g}; holds within 10%")
     else:
         out["gd_at_edge"] = Claim.uncomputable("no GD variant in this run", 1.0)
 
@@ -90,14 +101,20 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     if len(pairs) == 2 and n_seeds >= 2:
         ok, table = True, {}
         for s, (b1, bn) in pairs.items():
-            diff = late[bn][0] - late[b1][0]
-            se = math.hypot(late[bn][1], late[b1][1])
-            table[f"{s:g}"] = {"diff": round(diff, 4), "se": round(se, 4)}
-            ok &= diff > 2 * se
+            # paired by seed: both start from the same GD trunk and draw the same first noise sample
+            one = {v.seed: v.metrics[LATE] for v in groups[b1]}
+            many = {v.seed: v.metrics[LATE] for v in groups[bn]}
+            common = sorted(set(one) & set(many), key=str)
+            diff, se = _mean_se([many[k] - one[k] for k in common])
+            se_unpaired = math.hypot(late[bn][1], late[b1][1])
+            table[f"{s:g}"] = {"diff": round(diff, 4), "se": round(se, 4), "se_unpaired": round(se_unpaired, 4),
+                               "n_seeds": len(common)}
+            ok &= len(common) >= 2 and diff > 2 * se
         out["fewer_samples_flatter"] = Claim(ok, table, "diff > 2 se",
-                                             f"late sharpness(N_s=4) - late sharpness(N_s=1) at equal steps, mean over "
-                                             f"{n_seeds} seeds, se = standard errors over seeds in quadrature, "
-                                             f"{window}")
+                                             "late sharpness(N_s=4) - late sharpness(N_s=1), same steps and seed "
+                                             "(same GD trunk), mean over seeds; se = standard error over seeds of "
+                                             "the paired differences (se_unpaired: the two variants' standard "
+                                             f"errors in quadrature, for reference); {window}")
     else:
         out["fewer_samples_flatter"] = Claim.uncomputable(
             f"needs N_s=1 and N_s=4 at sigma^2 = 3e-5 and 1e-4 with >= 2 seeds (have {len(pairs)} pair(s), "
@@ -109,13 +126,17 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
             runs = groups[b]
             rp = sum(v.metrics.get("sharpness/late_ratio_hcrit_proj", float("nan")) for v in runs) / len(runs)
             rf = sum(v.metrics.get("sharpness/late_ratio_hcrit_full", float("nan")) for v in runs) / len(runs)
-            ratios[b] = {"proj": round(rp, 4), "full": round(rf, 4)}
+            hp = sum(v.metrics.get("sharpness/late_hcrit_proj", float("nan")) for v in runs) / len(runs)
+            ratios[b] = {"proj": round(rp, 4), "full": round(rf, 4), "hcrit_proj": round(hp, 4),
+                         "lambda": round(late[b][0], 4), "max_proj_over_seeds": round(max(
+                             v.metrics.get("sharpness/late_ratio_hcrit_proj", float("nan")) for v in runs), 4)}
             ok &= rp <= 1.1  # NaN (no measurement) fails
         out["hcrit_bounds_vl"] = Claim(ok, ratios, 1.1,
-                                       "late mean sharpness / H_crit per VGD variant (mean over seeds); H_crit from "
-                                       "|g|^2 averaged over the late window, 'proj' = gradient on the top eigenvector "
-                                       "(the claim's convention), 'full' = full gradient norm; holds if every "
-                                       "proj <= 1.1")
+                                       "late mean sharpness / H_crit per VGD variant (mean over seeds); H_crit = root "
+                                       "of H (1 + H^2 sigma^2 / (N_s |g|^2)) = 2/lr with |g|^2 averaged over the late "
+                                       "window: 'proj' = (g . v1)^2, v1 the top Hessian eigenvector (the claim's "
+                                       "convention), 'full' = |g|^2 (full gradient norm); g = full-batch gradient at "
+                                       f"the mean weights; holds if every proj <= 1.1; {window}")
     else:
         out["hcrit_bounds_vl"] = Claim.uncomputable("no VGD variant in this run", 1.1)
     return out

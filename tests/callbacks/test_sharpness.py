@@ -115,3 +115,23 @@ def test_adam_preconditioned_sharpness_logged():
     out = SharpnessCallback(probe_size=20).measure(_fake_trainer(module, opt, batch), module)
     assert out["precond_lambda_max"] > out["lambda_max"]  # P = sqrt(v) + eps is small early on
     assert out["threshold"] == pytest.approx(3800.0)  # (2 + 2 b1) / ((1 - b1) lr) at b1 = 0.9, lr = 1e-2
+
+
+def test_late_summary_means_the_late_window_and_skips_lr_zero():
+    """Late means over steps >= 80% of max_step; H_crit from the window-mean |g|^2; a measurement at lr = 0
+    (threshold inf, end of a cosine schedule) is left out."""
+    import math
+
+    cb = SharpnessCallback()
+    lr, s2, ns = 0.2, 1e-4, 2
+    for step, lam, gp in [(10, 1.0, 0.5), (80, 9.0, 0.2), (90, 11.0, 0.4)]:
+        cb.history.append({"step": step, "lambda_max": lam, "lr_times_lambda": lr * lam, "threshold": 2 / lr,
+                           "grad_proj_sq": gp, "grad_sq": 2 * gp, "sigma_sq": s2, "mc_samples": ns,
+                           "hcrit_proj": 0.0, "hcrit_full": 0.0})
+    cb.history.append({"step": 100, "lambda_max": 50.0, "lr_times_lambda": 0.0, "threshold": math.inf,
+                       "grad_proj_sq": 9.0, "grad_sq": 9.0, "sigma_sq": 0.0, "mc_samples": 0.0})
+    out = cb.late_summary(100)
+    assert out["late_n"] == 2 and out["late_lambda_max"] == pytest.approx(10.0)
+    assert out["late_hcrit_proj"] == pytest.approx(critical_sharpness(lr, s2, ns, 0.3))
+    assert out["late_hcrit_full"] == pytest.approx(critical_sharpness(lr, s2, ns, 0.6))
+    assert out["late_ratio_hcrit_proj"] == pytest.approx(10.0 / out["late_hcrit_proj"])

@@ -168,3 +168,110 @@ def test_vgd_under_manual_optimisation_equals_plain_ivon(tmp_path):
         opt.step(closure)
     for a, b in zip(lit.parameters(), man.parameters()):
         torch.testing.assert_close(a, b)
+
+
+class _ShuffledDM:
+    """A full-batch TensorDataModule over random data: epoch-keyed shuffle, as MNISTDataModule, or one
+    pre-built batch per step (``tensor_batches``), as TensorBatchMNIST."""
+
+    @staticmethod
+    def make(n=40, tensor_batches=False):
+        from datamodules.base import TensorDataModule
+        from datamodules.mnist import TensorBatchMNIST
+
+        class DM(TensorDataModule):
+            train_dataloader = TensorBatchMNIST.train_dataloader if tensor_batches else TensorDataModule.train_dataloader
+            steps_per_epoch = 100_000
+
+            def build(self):
+                g = torch.Generator().manual_seed(0)
+                x, y = torch.randn(n, 12, generator=g), torch.randint(0, 3, (n,), generator=g)
+                ds = IndexedTensorDataset(x, y=y)
+                return ds, ds, ds
+
+        return DM(batch_size=n, eval_batch_size=n)
+
+
+@pytest.mark.parametrize("optimizer,tensor_batches", [("vgd", False), ("gd", False), ("vgd", True)])
+def test_shared_trunk_equals_recomputing_it(tmp_path, optimizer, tensor_batches):
+    """A variant that loads the saved GD trunk at switch_step ends bit for bit where one that trains the
+    trunk itself ends, with the same sharpness history; other seeds or models do not reuse the file."""
+
+    def fit(trunk_dir, seed=0, widths=(8,), steps=7):
+        torch.manual_seed(seed)
+        m = FullBatchEoS(in_dim=12, widths=list(widths), out_dim=3, optimizer=optimizer, lr=0.3, sigma_sq=1e-3,
+                         mc_samples=2, switch_step=4, trunk_dir=trunk_dir)
+        m.noise_seed = seed
+        cb = SharpnessCallback(every_n_steps=2, probe_size=40, plot=False)
+        trainer = _trainer(tmp_path / f"r{seed}{len(widths)}{trunk_dir is None}", steps, [cb])
+        trainer.fit(m, datamodule=_ShuffledDM.make(tensor_batches=tensor_batches))
+        return m, cb, trainer
+
+    ref, cb_ref, _ = fit(None)
+    first, cb_first, _ = fit(str(tmp_path / "trunk"))
+    assert not first.trunk_loaded and len(list((tmp_path / "trunk").glob("trunk-*.pt"))) == 1
+    second, cb_second, trainer = fit(str(tmp_path / "trunk"))
+    assert second.trunk_loaded and trainer.global_step == 7
+    for m in (first, second):
+        for a, b in zip(ref.parameters(), m.parameters()):
+            assert torch.equal(a, b)
+    assert [h["step"] for h in cb_second.history] == [2, 4, 6]
+    assert [h["lambda_max"] for h in cb_second.history] == [h["lambda_max"] for h in cb_ref.history]
+    other_seed, _, _ = fit(str(tmp_path / "trunk"), seed=1)
+    other_model, _, _ = fit(str(tmp_path / "trunk"), widths=(6,))
+    assert not other_seed.trunk_loaded and not other_model.trunk_loaded
+    assert len(list((tmp_path / "trunk").glob("trunk-*.pt"))) == 3
+
+
+def _prediction_variant(tmp_path, name, seed, probs, labels):
+    from suite.results import VariantResult
+
+    d = tmp_path / name
+    d.mkdir()
+    torch.save({"probs": probs, "labels": labels}, d / "test_predictions.pt")
+    conf, pred = probs.max(1)
+    metrics = {"test/pp_nll": float(-torch.log(probs.gather(1, labels[:, None])).mean()),
+               "test/pp_accuracy": float((pred == labels).float().mean()), "test/pp_ece": 0.0,
+               "test/accuracy": 0.0, "test/nll": 0.0, "test/ece": 0.0}
+    return VariantResult(name, metrics, d, seed=seed)
+
+
+def test_vl_vit_claim_decides_by_calibration_with_a_paired_bootstrap(tmp_path):
+    """Same argmax for both models; one is calibrated (confidence = accuracy), the other overconfident: the
+    claim holds when IVON is the calibrated one, fails when the roles are swapped."""
+    from omegaconf import OmegaConf
+
+    from experiments.vl_vit import bootstrap_ece_difference, claims
+
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    labels = torch.randint(0, 10, (n,), generator=g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.8, labels, (labels + 1) % 10)  # 80% right
+
+    def probs_with_confidence(c):
+        p = torch.full((n, 10), (1 - c) / 9)
+        p[torch.arange(n), pred] = c
+        return p
+
+    calibrated, overconfident = probs_with_confidence(0.8), probs_with_confidence(0.99)
+    d, se = bootstrap_ece_difference(calibrated, calibrated, labels)
+    assert d == 0 and se == 0
+    cfg = OmegaConf.create({"module": {"eval_samples": 4}})
+    good = {"ivon__seed=0": _prediction_variant(tmp_path, "i0", 0, calibrated, labels),
+            "adamw__seed=0": _prediction_variant(tmp_path, "a0", 0, overconfident, labels)}
+    claim = claims(good, cfg)["ivon_better_calibrated"]
+    assert claim.holds and claim.value["ece_ivon_minus_adamw"] < -0.1
+    bad = {"ivon__seed=0": good["adamw__seed=0"], "adamw__seed=0": good["ivon__seed=0"]}
+    assert not claims(bad, cfg)["ivon_better_calibrated"].holds
+
+
+def test_warmup_then_cosine_schedule():
+    from modules.variational_classifier import schedule_factor
+
+    f = [schedule_factor(s, 100, 10, "cosine") for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[55] == pytest.approx(0.5) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert schedule_factor(50, 100, 10, "constant") == 1.0
+    with pytest.raises(ValueError, match="warmup_steps"):
+        from modules.variational_classifier import VariationalClassifier
+        VariationalClassifier(net="mlp", image_size=2, channels=1, width=4, depth=1, warmup_steps=-1)

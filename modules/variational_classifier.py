@@ -59,18 +59,30 @@ def resnet18_small(channels: int, image_size: int, num_classes: int) -> nn.Modul
     return nn.Sequential(nn.Unflatten(1, (channels, image_size, image_size)), model)
 
 
+def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base rate at ``step``: linear warm-up (step + 1) / warmup, then 'cosine' decay
+    from 1 at step ``warmup`` to 0 at ``total`` or 'constant' 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+
 class VariationalClassifier(GenLabModule):
     """Args: net ('vit'|'mlp'|'cnn') and its sizes; loss 'ce' or 'mse' (one-hot, 0.5 sum, for EoS);
     optimizer 'ivon'|'adamw'|'sgd'; lr, weight_decay; IVON's ess (None = training-set size), hess_init,
     beta1, beta2, mc_samples, clip_radius; eval_samples: posterior samples of the predictive;
-    lr_schedule 'cosine' (per step, over trainer.max_steps) or 'constant'."""
+    lr_schedule 'cosine' (per step, over trainer.max_steps, to 0) or 'constant'; warmup_steps: linear
+    warm-up of the rate from lr/warmup_steps to lr over the first steps (then the schedule; the IVON
+    paper warms up when hess_init is small, since the first steps' h is then far from its settled value)."""
 
     def __init__(self, net: str = "vit", image_size: int = 28, channels: int = 1, num_classes: int = 10,
                  width: int = 64, depth: int = 3, patch: int = 4, heads: int = 4, loss: str = "ce",
                  optimizer: str = "ivon", lr: float = 0.1, weight_decay: float = 1e-4, momentum: float = 0.0,
                  ess: float | None = None, hess_init: float = 0.5, beta1: float = 0.9, beta2: float = 0.99999,
                  mc_samples: int = 1, clip_radius: float = 1e-3, eval_samples: int = 8,
-                 lr_schedule: str = "cosine"):
+                 lr_schedule: str = "cosine", warmup_steps: int = 0):
         super().__init__()
         for key, val, ok in [("loss", loss, ("ce", "mse")), ("optimizer", optimizer, ("ivon", "adamw", "sgd")),
                              ("lr_schedule", lr_schedule, ("cosine", "constant"))]:
@@ -78,6 +90,8 @@ class VariationalClassifier(GenLabModule):
                 raise ValueError(f"module.{key}: expected one of {ok}, got {val!r}")
         if eval_samples < 1:
             raise ValueError(f"module.eval_samples: expected >= 1, got {eval_samples}")
+        if warmup_steps < 0:
+            raise ValueError(f"module.warmup_steps: expected >= 0, got {warmup_steps}")
         self.save_hyperparameters()
         self.net = make_net(net, image_size, channels, num_classes, width, depth, patch, heads)
         self._accum_ctx = None
@@ -167,10 +181,14 @@ class VariationalClassifier(GenLabModule):
             opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "constant":
+        if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return opt
         total = max(int(self.trainer.max_steps), 1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        if hp.warmup_steps == 0:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule_factor(
+                step, total, hp.warmup_steps, hp.lr_schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _ivon(self) -> IVON | None:

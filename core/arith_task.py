@@ -14,7 +14,9 @@ Verification examples (self-verification, Prism's Self-Verified Feedback) append
 completed sequence; the token at the slot is ``Y`` when the checker accepts the candidate, else ``N``.
 
 Held-out split: a problem is a test problem iff hash(a, b) mod ``test_every`` == 0 (a fixed
-multiplicative hash), so train and test never share a problem.
+multiplicative hash), so train and test never share a problem. A batch of problems is a (B, 2) long
+tensor of (a, b); core.sudoku_task offers the same interface (sample_problems, targets, prompts, check,
+answer_key, verify_inputs, verification_examples, labelled, vocab/mask_id/yes_id/no_id, n_steps).
 """
 
 from __future__ import annotations
@@ -84,15 +86,18 @@ class ArithTask:
         self.answer_slots = slots  # (gen_len,) bool: the digit positions the model generates
         self.final_slice = slice(self.gen_len - self.widths[-1], self.gen_len)
         self.n_answer = int(slots.sum())
+        # the interface the model, the trainer and the search share with core.sudoku_task
+        self.vocab, self.mask_id, self.yes_id, self.no_id = VOCAB, MASK_ID, YES_ID, NO_ID
+        self.n_steps = self.n_answer  # decoding steps: one revealed digit per step
 
     # ---------------------------------------------------------------- problems
     def _is_test(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         h = (a * 7919 + b * 104729 + 12345) * 2654435761 % (2**31)
         return (h // 7) % self.test_every == 0
 
-    def sample_problems(self, n: int, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n problems (a (n,), b (n,)) from ``split`` in {train, test}; distinct within the draw when
-        the split has at least n problems."""
+    def sample_problems(self, n: int, split: str, generator: torch.Generator) -> torch.Tensor:
+        """n problems (n, 2) = columns (a, b) from ``split`` in {train, test}; distinct within the draw
+        when the split has at least n problems."""
         if split not in ("train", "test"):
             raise ValueError(f"split {split!r}: expected train or test")
         lo_a, hi_a = 10 ** (self.a_digits - 1), 10**self.a_digits
@@ -117,28 +122,37 @@ class ArithTask:
         idx = first.sort().values
         if len(idx) < n:
             idx = torch.arange(n)
-        return a[idx[:n]], b[idx[:n]]
+        return torch.stack([a[idx[:n]], b[idx[:n]]], 1)
 
     # ---------------------------------------------------------------- sequences
-    def targets(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The correct full sequences (B, gen_len)."""
+    def _numbers(self, p: torch.Tensor) -> list[torch.Tensor]:
+        """The answer region's numbers [p_0, ..., p_{nb-1}, c] (mul) or [c] (add), each (B,)."""
+        a, b = p[:, 0], p[:, 1]
+        if self.op == "mul":
+            return [a * ((b // 10**j) % 10) for j in range(self.b_digits)] + [a * b]
+        return [a + b]
+
+    def _sequence(self, p: torch.Tensor, numbers: list[torch.Tensor]) -> torch.Tensor:
+        """Problems (B, 2) and answer-region numbers -> sequences (B, gen_len) (numbers mod 10^width)."""
+        a, b = p[:, 0], p[:, 1]
         B = len(a)
         sym = TOK["*"] if self.op == "mul" else TOK["+"]
         parts = [_digits(a, self.a_digits, False), torch.full((B, 1), sym), _digits(b, self.b_digits, False),
                  torch.full((B, 1), TOK["="])]
-        if self.op == "mul":
-            numbers = [a * ((b // 10**j) % 10) for j in range(self.b_digits)] + [a * b]
-        else:
-            numbers = [a + b]
         for j, (num, w) in enumerate(zip(numbers, self.widths)):
             if j:
                 parts.append(torch.full((B, 1), TOK[","]))
-            parts.append(_digits(num, w, True))
+            parts.append(_digits(num % 10**w, w, True))
         return torch.cat(parts, 1)
 
-    def prompts(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def targets(self, p: torch.Tensor) -> torch.Tensor:
+        """The correct full sequences (B, gen_len) of problems p (B, 2)."""
+        _check_problems(p)
+        return self._sequence(p, self._numbers(p))
+
+    def prompts(self, p: torch.Tensor) -> torch.Tensor:
         """Templates (B, gen_len): the targets with every answer digit slot masked."""
-        x = self.targets(a, b)
+        x = self.targets(p)
         return x.masked_fill(self.answer_slots, MASK_ID)
 
     def final_answer(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,9 +163,11 @@ class ArithTask:
         val = (d.clamp(max=9) * powers).sum(1)
         return torch.where(ok, val, torch.full_like(val, -1))
 
-    def check(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    answer_key = final_answer  # the key votes compare (search methods' ``key_fn``)
+
+    def check(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Exact checker (B,) bool: the final answer equals a*b (or a+b)."""
-        truth = a * b if self.op == "mul" else a + b
+        truth = p[:, 0] * p[:, 1] if self.op == "mul" else p[:, 0] + p[:, 1]
         return self.final_answer(x) == truth.to(x.device)
 
     def verify_inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,28 +177,57 @@ class ArithTask:
         return torch.cat([x, tail], 1)
 
     def verification_examples(
-        self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator, p_wrong: float = 0.5
+        self, p: torch.Tensor, generator: torch.Generator, p_wrong: float = 0.5
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labelled queries (B, verify_len) and verdict tokens (B,): with probability ``p_wrong`` the
-        target is corrupted (1-2 final-answer digits and, half of the time, a scratchpad digit) so that
-        negatives look like near misses; labels come from the checker, never from the corruption."""
-        x = self.targets(a, b)
-        B = len(a)
+        """Labelled queries (B, verify_len) and verdict tokens (B,). With probability ``p_wrong`` an
+        example is a near miss of one of two kinds, half each:
+
+        * *inconsistent*: 1-2 final-answer digits of the target changed (and, half of the time, a
+          scratchpad digit): the product disagrees with the scratchpad;
+        * *consistent* (mul only): one digit of one partial product changed and the product recomputed
+          as the sum of the (wrong) partial products -- the error a model makes when it multiplies
+          wrongly but adds correctly, which only a check against the prompt can catch.
+
+        Labels come from the checker, never from the corruption."""
+        _check_problems(p)
+        B = len(p)
+        x = self.targets(p)
         wrong = torch.rand(B, generator=generator) < p_wrong
+        consistent = wrong & (torch.rand(B, generator=generator) < 0.5) if self.op == "mul" else wrong & False
+        rows = torch.arange(B)
         fin = torch.arange(self.gen_len)[self.final_slice]
         slots = self.answer_slots.nonzero().flatten()
-        for _ in range(2):
+        for k in range(2):
             pos = fin[torch.randint(len(fin), (B,), generator=generator)]
             val = torch.randint(10, (B,), generator=generator)
-            x[torch.arange(B), pos] = torch.where(wrong, val, x[torch.arange(B), pos])
+            first = torch.full((B,), k == 0) | (torch.rand(B, generator=generator) < 0.5)
+            x[rows, pos] = torch.where(wrong & first, val, x[rows, pos])
             pos = slots[torch.randint(len(slots), (B,), generator=generator)]
             val = torch.randint(10, (B,), generator=generator)
             also = wrong & (torch.rand(B, generator=generator) < 0.5)
-            x[torch.arange(B), pos] = torch.where(also, val, x[torch.arange(B), pos])
-        return self.labelled(x, a, b)
+            x[rows, pos] = torch.where(also, val, x[rows, pos])
+        if consistent.any():
+            nums = self._numbers(p)[:-1]
+            j = torch.randint(self.b_digits, (B,), generator=generator)
+            place = 10 ** torch.randint(self.widths[0], (B,), generator=generator)
+            delta = torch.randint(1, 10, (B,), generator=generator)
+            parts = []
+            for i, num in enumerate(nums):
+                d = (num // place) % 10
+                changed = num - d * place + ((d + delta) % 10) * place
+                parts.append(torch.where(j == i, changed, num))
+            total = sum(q * 10**i for i, q in enumerate(parts))
+            x = torch.where(consistent.unsqueeze(1), self._sequence(p, parts + [total]), x)
+        return self.labelled(x, p)
 
-    def labelled(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def labelled(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Completed sequences (B, gen_len) -> (queries (B, verify_len), verdict tokens (B,) by the checker)."""
-        ok = self.check(x, a, b)
-        verdict = torch.where(ok, torch.full_like(a, YES_ID), torch.full_like(a, NO_ID))
+        ok = self.check(x, p)
+        verdict = torch.where(ok, torch.full_like(ok, YES_ID, dtype=torch.long),
+                              torch.full_like(ok, NO_ID, dtype=torch.long))
         return self.verify_inputs(x), verdict.to(x.device)
+
+
+def _check_problems(p: torch.Tensor) -> None:
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"arithmetic problems must be a (B, 2) tensor of (a, b), got shape {tuple(p.shape)}")

@@ -1,17 +1,19 @@
-"""``prism_arith``: train a small masked diffusion LM on checkable arithmetic (answers + self-verification),
-then compare test-time search methods at their measured NFE (verification passes counted) on held-out
-problems: single sample, self-verified best-of-N, majority vote, oracle best-of-N (upper bound), Prism
-and its ablations (no remasking, no self-verification). Writes accuracy_vs_nfe.csv/.png."""
+"""``prism_arith`` / ``prism_sudoku``: train a small masked diffusion LM on a checkable task (arithmetic
+with a scratchpad, or 4x4 Sudoku; answers + self-verification), then compare test-time search methods at
+their measured NFE (verification passes counted) on held-out problems: single sample, self-verified
+best-of-N, majority vote, oracle best-of-N (upper bound), Prism and its ablations (no remasking, no
+self-verification). Writes accuracy_vs_nfe.csv/.png."""
 
 from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import torch
 
-from core.arith_task import MASK_ID, NO_ID, YES_ID, ArithTask
+from core.arith_task import ArithTask
 from core.nfe import EvalCounter
 from core.search import (
     PrismConfig,
@@ -22,28 +24,50 @@ from core.search import (
     prism,
     sample_candidates,
     verification_by_step,
+    within_problem_auroc,
 )
+from core.sudoku_task import SudokuTask
 from modules.masked_lm import train_masked_lm
 from suite.results import Claim, VariantResult
 
 PRISM_VARIANTS = {"prism": {}, "prism_no_remask": {"remask": False}, "prism_no_sv": {"self_verify": False}}
 
 
+TASKS = ("arith", "sudoku")
+
+
+def make_task(task: str, op: str, a_digits: int, b_digits: int, n_blanks: int):
+    if task == "arith":
+        return ArithTask(op, a_digits, b_digits)
+    if task == "sudoku":
+        return SudokuTask(n_blanks)
+    raise ValueError(f"job.task {task!r}: expected one of {TASKS}")
+
+
 def run_job(
     output_dir: Path,
     seed: int,
     *,
+    task: str = "arith",
     op: str = "mul",
     a_digits: int = 3,
     b_digits: int = 2,
+    n_blanks: int = 10,
     d_model: int = 96,
     n_layers: int = 3,
     n_heads: int = 4,
     train_steps: int = 1500,
     batch_size: int = 128,
     lr: float = 1e-3,
+    verify_weight: float = 0.5,
+    verify_frac: float = 0.5,
+    balanced: bool = True,
     own_from: float = 0.6,
     own_pool: int = 512,
+    own_refresh: int = 0,
+    own_frac: float = 0.5,
+    own_group: int = 1,
+    structure: bool = False,
     eval_problems: int = 2000,
     eval_batch: int = 250,
     temperature: float = 0.7,
@@ -57,26 +81,40 @@ def run_job(
     remask_pool: int = 3,
     by_step_problems: int = 500,
     log_every: int = 250,
+    threads: int = 0,
+    device: str = "cpu",
 ) -> dict[str, float]:
     output_dir = Path(output_dir)
-    task = ArithTask(op, a_digits, b_digits)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    tk = make_task(task, op, a_digits, b_digits, n_blanks)
     model, metrics = train_masked_lm(
-        task,
+        tk,
         steps=train_steps,
         batch_size=batch_size,
         lr=lr,
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
+        verify_weight=verify_weight,
+        verify_frac=verify_frac,
+        balanced=balanced,
         own_from=own_from,
         own_pool=own_pool,
+        own_refresh=own_refresh,
+        own_frac=own_frac,
+        own_group=own_group,
+        structure=structure,
+        temperature=temperature,
         seed=seed,
+        device=device,
         log_every=log_every,
     )
-    steps, nmax = task.n_answer, max(bon_sizes)
+    steps, nmax = tk.n_steps, max(bon_sizes)
+    MASK_ID = tk.mask_id
     g = torch.Generator().manual_seed(seed + 1)
-    a, b = task.sample_problems(eval_problems, "test", g)
-    verifier = SelfVerifier(model, task.verify_inputs, MASK_ID, YES_ID, NO_ID)
+    probs = tk.sample_problems(eval_problems, "test", g)
+    verifier = SelfVerifier(model, tk.verify_inputs, MASK_ID, tk.yes_id, tk.no_id)
     correct: dict[str, list[torch.Tensor]] = {}
     nfe: dict[str, float] = {}
     sv_scores, sv_right = [], []
@@ -89,28 +127,29 @@ def run_job(
         remask_pool=remask_pool,
         temperature=temperature,
     )
+    t_eval = time.time()
     with torch.no_grad():
         for lo in range(0, eval_problems, eval_batch):
-            pa, pb = a[lo : lo + eval_batch], b[lo : lo + eval_batch]
-            P, prompts = len(pa), task.prompts(pa, pb)
+            pp = probs[lo : lo + eval_batch]
+            P, prompts = len(pp), tk.prompts(pp)
             dec, ver = EvalCounter(), EvalCounter()
             cands = sample_candidates(
                 model, prompts, nmax, steps, MASK_ID, temperature=temperature, generator=g, counter=dec
             )
             flat = cands.flatten(0, 1)
             scores = verifier(flat, ver).reshape(P, nmax)
-            right = task.check(flat, pa.repeat_interleave(nmax), pb.repeat_interleave(nmax)).reshape(P, nmax)
-            keys = task.final_answer(flat).reshape(P, nmax)
-            sv_scores.append(scores.flatten())
-            sv_right.append(right.flatten())
+            right = tk.check(flat, pp.repeat_interleave(nmax, 0)).reshape(P, nmax)
+            keys = tk.answer_key(flat).reshape(P, nmax)
+            sv_scores.append(scores)
+            sv_right.append(right)
             per_dec, per_ver = dec.items / (P * nmax), ver.items / (P * nmax)  # measured passes per candidate
             for n in bon_sizes:  # the first n candidates are n independent samples
                 c, s, k = cands[:, :n], scores[:, :n], keys[:, :n]
                 name = "single" if n == 1 else f"bon_sv@{n}"
-                correct.setdefault(name, []).append(task.check(best_of_n(c, s), pa, pb))
+                correct.setdefault(name, []).append(tk.check(best_of_n(c, s), pp))
                 nfe[name] = n * (per_dec + (per_ver if n > 1 else 0.0))
                 if n > 1:
-                    correct.setdefault(f"majority@{n}", []).append(task.check(majority_vote(c, k), pa, pb))
+                    correct.setdefault(f"majority@{n}", []).append(tk.check(majority_vote(c, k), pp))
                     nfe[f"majority@{n}"] = n * per_dec
                     correct.setdefault(f"oracle@{n}", []).append(right[:, :n].any(1))
                     nfe[f"oracle@{n}"] = n * per_dec
@@ -121,22 +160,40 @@ def run_job(
                     cfg = PrismConfig(**{**base.__dict__, "n_initial": n0, **over})
                     cnt = EvalCounter()
                     ans, _ = prism(
-                        model, prompts, steps, MASK_ID, task.final_answer, cfg, verifier, generator=g, counter=cnt
+                        model, prompts, steps, MASK_ID, tk.answer_key, cfg, verifier, generator=g, counter=cnt
                     )
-                    correct.setdefault(f"{vname}@{n0}", []).append(task.check(ans, pa, pb))
+                    correct.setdefault(f"{vname}@{n0}", []).append(tk.check(ans, pp))
                     nfe[f"{vname}@{n0}"] = cnt.items / P
             print(f"[prism] evaluated {lo + P}/{eval_problems}", flush=True)
-        sv_s, sv_r = torch.cat(sv_scores), torch.cat(sv_right)
-        metrics["test/sv_auroc"] = auroc(sv_s, sv_r)
-        metrics["test/sv_n"] = float(len(sv_s))
+        sv_s, sv_r = torch.cat(sv_scores), torch.cat(sv_right)  # (P, nmax)
+        au = auroc(sv_s, sv_r)
+        if au == au:  # JSON has no NaN: absent (claim uncomputable) when every candidate is right or wrong
+            metrics["test/sv_auroc"] = au
+        metrics["test/sv_n"] = float(sv_s.numel())
+        # diagnostics: ranking among one problem's candidates (what best-of-N needs), and the pooled
+        # AUROC by difficulty = the fraction of the problem's nmax candidates that are right
+        wp, n_mixed = within_problem_auroc(sv_s, sv_r)
+        if wp == wp:  # JSON has no NaN: absent when no problem has both right and wrong candidates
+            metrics["test/sv_auroc_within_problem"] = wp
+        metrics["test/sv_n_mixed_problems"] = float(n_mixed)
+        rate = sv_r.float().mean(1, keepdim=True).expand_as(sv_r)
+        for lo_r, hi_r in ((0.0, 0.34), (0.34, 0.67), (0.67, 1.01)):
+            sel = (rate >= lo_r) & (rate < hi_r)
+            au = auroc(sv_s[sel], sv_r[sel])
+            if au == au:  # both classes present
+                metrics[f"test/sv_auroc_passrate_{lo_r:.2f}-{min(hi_r, 1):.2f}"] = au
+        metrics["test/sv_mean_p_yes_right"] = float(sv_s[sv_r].mean()) if sv_r.any() else 0.0
+        metrics["test/sv_mean_p_yes_wrong"] = float(sv_s[~sv_r].mean()) if (~sv_r).any() else 0.0
         nb = min(by_step_problems, eval_problems)
         if nb > 0:
             comps, st_scores = verification_by_step(
-                model, task.prompts(a[:nb], b[:nb]), steps, MASK_ID, verifier, temperature=temperature, generator=g
+                model, tk.prompts(probs[:nb]), steps, MASK_ID, verifier, temperature=temperature, generator=g
             )
             for i in range(steps):
-                ok = task.check(comps[i], a[:nb], b[:nb])
-                metrics[f"test/sv_auroc_step{i + 1}of{steps}"] = auroc(st_scores[i], ok)
+                ok = tk.check(comps[i], probs[:nb])
+                au = auroc(st_scores[i], ok)
+                if au == au:
+                    metrics[f"test/sv_auroc_step{i + 1}of{steps}"] = au
                 metrics[f"test/greedy_acc_step{i + 1}of{steps}"] = float(ok.float().mean())
     single = torch.cat(correct["single"]).float()
     rows = []
@@ -158,6 +215,7 @@ def run_job(
         rows.append((name, nfe[name], acc, ci))
     metrics["test/n_problems"] = float(len(single))
     metrics["test/steps"] = float(steps)
+    metrics["test/eval_seconds"] = time.time() - t_eval
     write_table(output_dir, rows)
     return metrics
 
@@ -245,13 +303,20 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     )
     steps = int(m["test/steps"])
     by_step = [m.get(f"test/sv_auroc_step{i + 1}of{steps}") for i in range(steps)]
-    au = m["test/sv_auroc"]
+    au = m.get("test/sv_auroc")
+    if au is None:
+        out["self_verification_informative"] = Claim.uncomputable(
+            "every best-of-N candidate was right, or every one wrong: no AUROC")
+        return out
+    wp = m.get("test/sv_auroc_within_problem")
     out["self_verification_informative"] = Claim(
         au is not None and au >= 0.75,
         au,
         0.75,
         f"AUROC of p(yes) at the verdict [MASK] slot for right vs wrong final completions "
         f"({int(m['test/sv_n'])} best-of-{nmax} candidates); by denoising step (greedy completions of one "
-        f"trajectory): " + ", ".join("-" if v is None else f"{v:.2f}" for v in by_step),
+        f"trajectory): " + ", ".join("-" if v is None else f"{v:.2f}" for v in by_step)
+        + f"; among one problem's own candidates (mean over {int(m.get('test/sv_n_mixed_problems', 0))} problems "
+        f"with both right and wrong ones): " + ("-" if wp is None else f"{wp:.2f}"),
     )
     return out

@@ -22,6 +22,7 @@ from core.search import (
     sample_candidates,
     verification_by_step,
     weighted_vote,
+    within_problem_auroc,
 )
 
 TASK = ArithTask("mul", 3, 2)
@@ -36,18 +37,18 @@ def oracle_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     a = (x[:, :na] * pw(na)).sum(1)
     b = (x[:, na + 1 : na + 1 + nb] * pw(nb)).sum(1)
     logits = torch.full((*x.shape, V), -10.0)
-    tgt = TASK.targets(a, b)
+    tgt = TASK.targets(torch.stack([a, b], 1))
     logits[:, : TASK.gen_len].scatter_(2, tgt.unsqueeze(-1), 10.0)
     if x.shape[1] == TASK.verify_len:
-        ok = TASK.check(x[:, : TASK.gen_len], a, b)
+        ok = TASK.check(x[:, : TASK.gen_len], torch.stack([a, b], 1))
         logits[:, -1, YES_ID] = torch.where(ok, 10.0, -10.0)
         logits[:, -1, NO_ID] = torch.where(ok, -10.0, 10.0)
     return logits
 
 
 def problems(n=6, seed=0):
-    a, b = TASK.sample_problems(n, "test", torch.Generator().manual_seed(seed))
-    return a, b, TASK.prompts(a, b)
+    a, b = TASK.sample_problems(n, "test", torch.Generator().manual_seed(seed)).T
+    return a, b, TASK.prompts(torch.stack([a, b], 1))
 
 
 def test_oracle_decodes_one_token_per_step():
@@ -55,7 +56,7 @@ def test_oracle_decodes_one_token_per_step():
     c = EvalCounter()
     res = confidence_decode(oracle_model, p, TASK.n_answer, MASK_ID, temperature=0.7,
                             generator=torch.Generator().manual_seed(0), counter=c, return_trajectory=True)
-    assert torch.equal(res.x, TASK.targets(a, b))
+    assert torch.equal(res.x, TASK.targets(torch.stack([a, b], 1)))
     assert res.nfe == c.calls == TASK.n_answer and c.items == len(a) * TASK.n_answer
     for i, xi in enumerate(res.trajectory):  # after step i, exactly i answer tokens are revealed
         assert ((xi != MASK_ID) & TASK.answer_slots).sum(1).eq(i).all()
@@ -71,9 +72,9 @@ def test_best_of_n_majority_oracle_nfe_and_answers():
     scores = ver(cands.flatten(0, 1), c).reshape(6, 4)
     assert c.items == 6 * 4 * (TASK.n_answer + 1)  # verification passes are charged too
     assert torch.allclose(scores, torch.ones_like(scores), atol=1e-6)
-    assert TASK.check(best_of_n(cands, scores), a, b).all()
+    assert TASK.check(best_of_n(cands, scores), torch.stack([a, b], 1)).all()
     keys = TASK.final_answer(cands.flatten(0, 1)).reshape(6, 4)
-    assert TASK.check(majority_vote(cands, keys), a, b).all()
+    assert TASK.check(majority_vote(cands, keys), torch.stack([a, b], 1)).all()
 
 
 def test_votes_on_a_tiny_case():
@@ -102,7 +103,7 @@ def test_prism_with_oracle_is_right_and_counts_exactly():
         c = EvalCounter()
         ans, info = prism(oracle_model, p, TASK.n_answer, MASK_ID, TASK.final_answer, cfg, ver,
                           generator=torch.Generator().manual_seed(0), counter=c)
-        assert TASK.check(ans, a, b).all()
+        assert TASK.check(ans, torch.stack([a, b], 1)).all()
         assert c.items == len(a) * expected_prism_nfe(cfg, TASK.n_answer)
         assert c.calls == TASK.n_answer + len(cfg.widths(TASK.n_answer)) * cfg.self_verify + cfg.self_verify
         assert info["survivors"].shape[1] == max(cfg.min_width, math.ceil(cfg.n_initial * cfg.shrink ** -len(
@@ -136,4 +137,24 @@ def test_verification_by_step_counts_two_passes_per_step():
     c = EvalCounter()
     comps, scores = verification_by_step(oracle_model, p, TASK.n_answer, MASK_ID, ver, counter=c)
     assert comps.shape == (TASK.n_answer, 4, TASK.gen_len) and c.items == 4 * 2 * TASK.n_answer
-    assert TASK.check(comps[0], a, b).all() and (scores > 0.99).all()  # the oracle's greedy guess is right
+    # the oracle's greedy guess is right
+    assert TASK.check(comps[0], torch.stack([a, b], 1)).all() and (scores > 0.99).all()
+
+
+def test_within_problem_auroc_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.8], [0.3, 0.3, 0.3]])
+    labels = torch.tensor([[True, False, False], [True, False, True], [False, False, False]])
+    # problem 0: the right one above both wrong ones -> 1; problem 1: right 0.2 < 0.8 wrong (0),
+    # right 0.8 = 0.8 wrong (1/2) -> 0.25; problem 2 has no right candidate and does not count
+    au, n = within_problem_auroc(scores, labels)
+    assert n == 2 and abs(au - (1.0 + 0.25) / 2) < 1e-12
+    assert math.isnan(within_problem_auroc(scores, torch.zeros(3, 3, dtype=torch.bool))[0])
+
+
+def test_auroc_matches_the_pairwise_definition():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 6, (300,), generator=g).float()  # many ties
+    y = torch.rand(300, generator=g) < 0.3
+    pos, neg = s[y], s[~y]
+    ref = (pos[:, None] > neg[None]).double().mean() + 0.5 * (pos[:, None] == neg[None]).double().mean()
+    assert abs(auroc(s, y) - float(ref)) < 1e-12

@@ -167,6 +167,7 @@ class MultimodalTextImage(GenLabModule):
             max_len; core.masked_diffusion.confidence_decode) or ``ancestral`` (core.multimodal), and the
             token temperature of the confidence decoder (0 = greedy).
         continuous_step, clip_x0: the image part's reverse step (core.multimodal) and x0 clipping.
+        prediction: what the net's image head outputs, ``eps`` or ``v`` (see :meth:`forward`).
         guidance, guidance_time, guidance_window: noisy guidance of text -> image at test.
         eval_prompts_per_category: GenEval prompts per category (0 = all 553).
         i2t_images, joint_pairs, shuffle_rounds, eval_batch: sizes of the other evaluations.
@@ -195,6 +196,7 @@ class MultimodalTextImage(GenLabModule):
         text_temperature: float = 0.0,
         continuous_step: str = "ancestral",
         clip_x0: float | None = 1.0,
+        prediction: str = "v",
         guidance: float = 2.0,
         guidance_time: float = 1.0,
         guidance_window: list[float] | None = None,
@@ -205,6 +207,8 @@ class MultimodalTextImage(GenLabModule):
         eval_batch: int = 256,
     ) -> None:
         super().__init__()
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"module.prediction must be eps or v, got {prediction!r}")
         if text_decoder not in ("confidence", "ancestral"):
             raise ValueError(f"module.text_decoder must be confidence or ancestral, got {text_decoder!r}")
         self.save_hyperparameters()
@@ -221,7 +225,16 @@ class MultimodalTextImage(GenLabModule):
         self.guidance_window = tuple(guidance_window) if guidance_window is not None else (0.0, 1.0)
 
     def forward(self, state: tuple, t_groups: torch.Tensor) -> tuple:
-        return self.net(state[0], state[1], t_groups)
+        """(x_t, tokens_t), t (B, 2) -> (eps_hat (B, 3, S, S), logits (B, L, V)). With ``prediction="v"``
+        the net's image output is read as v = a_t eps - sigma_t x0 and turned into eps_hat = sigma_t x_t
+        + a_t v_hat (exact for VP, a^2 + sigma^2 = 1): the loss is still the eps-MSE of the process, but
+        at high noise eps_hat ~ x_t comes for free and the net's errors reach x0_hat unamplified (with
+        eps-prediction they are multiplied by sigma_t / a_t, 3.4 at t = 0.5)."""
+        out, logits = self.net(state[0], state[1], t_groups)
+        if self.hparams.prediction == "v":
+            vp, t = self.process.continuous, t_groups[:, IMAGE].reshape(-1, 1, 1, 1)
+            out = vp.sigma(t) * state[0] + vp.alpha(t) * out
+        return out, logits
 
     # ----- training -----------------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:

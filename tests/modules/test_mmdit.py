@@ -241,3 +241,16 @@ def test_claims_on_hand_set_metrics():
     assert not bad["noisy_guidance_helps"].holds  # +0.02 < se of the difference 0.028
     none = claims({"main": VariantResult("main", {}, None)}, _cfg())
     assert not none["joint_consistency"].holds and none["joint_consistency"].value is None
+
+
+def test_v_prediction_gives_exact_eps_when_the_net_is_exact():
+    """eps_hat = sigma x_t + a v_hat recovers eps exactly when v_hat = a eps - sigma x0."""
+    m = _module(prediction="v")
+    vp = m.process.continuous
+    x0, eps = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 3, 32, 32)
+    t = torch.tensor([[0.05, 0.0], [0.3, 0.5], [0.7, 1.0], [1.0, 0.2]])
+    a, s = vp.alpha(t[:, 0]).view(-1, 1, 1, 1), vp.sigma(t[:, 0]).view(-1, 1, 1, 1)
+    tok = Tokenizer().encode(["a circle"] * 4)
+    m.net.forward = lambda img, tokens, tt: (a * eps - s * x0, torch.zeros(4, 12, V))
+    out, _ = m((a * x0 + s * eps, tok), t)
+    assert torch.allclose(out, eps, atol=1e-5)

@@ -254,3 +254,30 @@ def test_v_prediction_gives_exact_eps_when_the_net_is_exact():
     m.net.forward = lambda img, tokens, tt: (a * eps - s * x0, torch.zeros(4, 12, V))
     out, _ = m((a * x0 + s * eps, tok), t)
     assert torch.allclose(out, eps, atol=1e-5)
+
+
+def test_default_image_loss_is_the_v_mse_so_high_noise_is_trained():
+    """With the v head the default image loss is ||v_hat - v||^2 (= eps-MSE / a_t^2), not the eps-MSE:
+    the eps-MSE of a v head weights it by a_t^2 (1.6e-3 at t = 0.8), so the 800-step run never learnt
+    x0 at high noise (x0-MSE there worse than the data mean, caption ignored)."""
+    m = _module(p_condition=0.0, p_equal=0.0)
+    B = 6
+    x0 = torch.rand(B, 3, 32, 32) * 2 - 1
+    batch = {"x": x0, "tokens": Tokenizer().encode(["a red circle"] * B), "index": torch.arange(B)}
+    v_hat = torch.randn(B, 3, 32, 32)
+    m.net.forward = lambda img, tokens, tt: (v_hat, torch.zeros(B, 12, V))
+    m.compute_loss(batch, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, in compute_loss's order
+    u = torch.rand(B, 4, generator=g)
+    eps = torch.randn(B, 3, 32, 32, generator=g)
+    t = m.process.draw_times(u)[:, 0].view(-1, 1, 1, 1)
+    assert float(t.max()) > 0.6  # some examples at high noise, where the weighting matters
+    vp = m.process.continuous
+    v = vp.alpha(t) * eps - vp.sigma(t) * x0
+    expected = (v_hat - v).pow(2).flatten(1).mean(1).mean()
+    assert torch.allclose(m._parts[0], expected, rtol=1e-4)
+    m_eps = _module(p_condition=0.0, p_equal=0.0, image_loss="eps")  # the paper's eps-MSE stays available
+    m_eps.net.forward = m.net.forward
+    m_eps.compute_loss(batch, torch.Generator().manual_seed(3))
+    expected_eps = (vp.alpha(t) ** 2 * (v_hat - v).pow(2)).flatten(1).mean(1).mean()
+    assert torch.allclose(m_eps._parts[0], expected_eps, rtol=1e-4)

@@ -125,11 +125,17 @@ class FullBatchEoS(GenLabModule):
         return self.net((x.reshape(len(x), -1) - self.input_mean) * self.hparams.input_scale)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss of the batch at the current weights (deterministic: generator unused)."""
-        out = self(batch["x"])
+        """Training loss of the batch at the current weights (deterministic: generator unused). Always in
+        float32/64: edge-of-stability dynamics and thresholds are not meant to include bf16 rounding, so a
+        mixed-precision trainer (trainer=gpu) does not change them."""
+        x = batch["x"]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._loss(self(x.to(self.input_mean.dtype)), batch["y"])
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "ce":
-            return F.cross_entropy(out, batch["y"])
-        target = F.one_hot(batch["y"], out.shape[-1]).to(out.dtype)
+            return F.cross_entropy(out, y)
+        target = F.one_hot(y, out.shape[-1]).to(out.dtype)
         return 0.5 * ((out - target) ** 2).sum(-1).mean()
 
     def setup(self, stage: str) -> None:

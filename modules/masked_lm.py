@@ -130,6 +130,9 @@ def train_masked_lm(
     own_frac: float = 0.5,
     own_group: int = 1,
     structure: bool = False,
+    verify_steps: int = 0,
+    verify_lr: float = 0.3,
+    round2_gen: bool = True,
     temperature: float = 0.7,
     seed: int = 0,
     device: str = "cpu",
@@ -142,8 +145,12 @@ def train_masked_lm(
     on ``verify_frac`` * batch_size labelled candidates (corrupted targets). From ``own_from`` * steps
     on (the second round), a fraction ``own_frac`` of the verification batch is the model's own
     completions at ``temperature`` (a pool of ``own_pool``, ``own_group`` per problem, redrawn every
-    ``own_refresh`` steps; 0 = drawn once), labelled by the checker. ``structure``: the task's
-    ``position_groups`` (if any) feed the model's group embeddings."""
+    ``own_refresh`` steps; 0 = drawn once), labelled by the checker. Then ``verify_steps`` more steps
+    train on full batches of verification examples (corrupted and own; the issue's second round, once
+    the model can generate) at ``verify_lr`` * lr, with the generation loss unless ``round2_gen`` is
+    False (measured on Sudoku: verification alone makes a near-perfect verifier, AUROC 0.99, but the
+    single-sample accuracy falls from 0.60 to 0.12 -- the shared network forgets how to generate).
+    ``structure``: the task's ``position_groups`` (if any) feed the model's group embeddings."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     groups = getattr(task, "position_groups", None) if structure else None
@@ -154,14 +161,17 @@ def train_masked_lm(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: verify_lr if s >= steps else
+        min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     pool, pool_step, t0, stats, accs = None, -1, time.time(), {}, []
-    nv = max(2, int(batch_size * verify_frac))
-    n_own = int(round(nv * own_frac))
-    for step in range(steps):
+    for step in range(steps + verify_steps):
         model.train()
+        round2 = step >= steps  # the second round: the whole batch also as verification examples
+        nv = batch_size if round2 else max(2, int(batch_size * verify_frac))
+        n_own = int(round(nv * own_frac))
         p = task.sample_problems(batch_size, "train", g)
-        loss_gen = generation_loss(model, task, proc, p, g)
+        if not round2 or round2_gen:
+            loss_gen = generation_loss(model, task, proc, p, g)
         q, v = task.verification_examples(p[:nv] if nv <= batch_size else task.sample_problems(nv, "train", g), g)
         due = pool is None or (own_refresh > 0 and step - pool_step >= own_refresh)
         if due and step >= own_from * steps and own_pool > 0 and n_own > 0:
@@ -174,13 +184,13 @@ def train_masked_lm(
             q = torch.cat([q[: nv - n_own], pool[0][idx]])
             v = torch.cat([v[: nv - n_own], pool[1][idx]])
         loss_ver = verification_loss(model, q, v, task.mask_id, task.yes_id, task.no_id, balanced)
-        loss = loss_gen + verify_weight * loss_ver
+        loss = verify_weight * loss_ver + (0.0 if round2 and not round2_gen else loss_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if log_every and (step % log_every == 0 or step == steps - 1):
+        if log_every and (step % log_every == 0 or step in (steps - 1, steps + verify_steps - 1)):
             print(f"[masked_lm] step {step} gen {loss_gen.item():.3f} ver {loss_ver.item():.3f} "
                   f"{time.time() - t0:.0f}s", flush=True)
             if on_log is not None:

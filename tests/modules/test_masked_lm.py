@@ -84,3 +84,7 @@ def test_a_few_training_steps_run_with_the_second_round():
         model, stats = train_masked_lm(task, steps=4, batch_size=16, d_model=16, n_layers=1, n_heads=2,
                                        own_from=0.5, own_pool=8, own_refresh=1, own_group=2, structure=structure)
         assert not model.training and stats["train/own_pool_draws"] == 2 and stats["train/loss_gen"] > 0
+    # a verification-only second round: 2 more steps, the pool redrawn at each (own_refresh=1)
+    _, stats = train_masked_lm(ArithTask("mul", 2, 1), steps=4, verify_steps=2, batch_size=16, d_model=16,
+                               n_layers=1, n_heads=2, own_from=0.5, own_pool=8, own_refresh=1)
+    assert stats["train/own_pool_draws"] == 4

@@ -180,7 +180,8 @@ class _ShuffledDM:
         from datamodules.mnist import TensorBatchMNIST
 
         class DM(TensorDataModule):
-            train_dataloader = TensorBatchMNIST.train_dataloader if tensor_batches else TensorDataModule.train_dataloader
+            train_dataloader = (TensorBatchMNIST.train_dataloader if tensor_batches
+                                else TensorDataModule.train_dataloader)
             steps_per_epoch = 100_000
 
             def build(self):

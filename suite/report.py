@@ -29,6 +29,13 @@ def latest_results(runs: Path) -> dict[str, dict]:
     return {k: v for k, (_, v) in found.items()}
 
 
+def run_seconds(res: dict) -> float:
+    """Wall seconds of a run; for a study resumed over several invocations (finished variants are
+    skipped, so the last invocation's wall time can be ~0), at least the sum of its variants' fit times."""
+    fits = sum(v for k, v in res.get("metrics", {}).items() if k.split(":")[-1] == "time/fit_s")
+    return max(float(res.get("wall_s", 0.0)), float(fits))
+
+
 def table(runs: Path = Path("runs")) -> str:
     results = latest_results(runs)
     rows = ["| experiment | what it shows | claims (latest run) | scale, wall time |", "|---|---|---|---|"]
@@ -39,7 +46,7 @@ def table(runs: Path = Path("runs")) -> str:
         else:
             cl = res.get("claims", {})
             claims = ", ".join(f"{k} {'✓' if c['holds'] else '✗'}" for k, c in cl.items()) or "no claims"
-            wall = f"{res.get('scale', 'small')}, {res.get('wall_s', 0):.0f} s"
+            wall = f"{res.get('scale', 'small')}, {run_seconds(res):.0f} s"
         rows.append(f"| `{name}` | {desc} | {claims} | {wall} |")
     return "\n".join(rows)
 

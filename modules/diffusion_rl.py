@@ -55,7 +55,7 @@ from core.rl import (
 from core.shapes import evaluate, load_eval_prompts, sample_training_metadata
 from core.shapes.grammar import caption
 from modules.base import GenLabModule
-from modules.t2i import TextToImage
+from modules.t2i import TextToImage, cfg_velocity
 
 OBJECTIVES = ("epg", "ppo_clip", "nft")
 LIKELIHOODS = ("per_step", "elbo", "none")
@@ -116,20 +116,6 @@ def training_prompt_pool(n: int, seed: int = 0) -> list[dict]:
             if len(pool) == n:
                 return pool
     raise RuntimeError(f"training_prompt_pool: found only {len(pool)} of {n} prompts outside the eval set")
-
-
-def guided(net: nn.Module, tokens: torch.Tensor, guidance: float):
-    """Velocity closure (x (N, 3, H, W), t (N,)) -> (N, 3, H, W): v(c), or with CFG
-    v({}) + w (v(c) - v({})) as one batched forward of 2N rows (TextToImage.guided_velocity's rule)."""
-    null = torch.zeros_like(tokens)
-
-    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance == 1.0:
-            return net(x, t, tokens)
-        v_cond, v_null = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null])).chunk(2)
-        return v_null + guidance * (v_cond - v_null)
-
-    return velocity
 
 
 class Recorder:
@@ -310,7 +296,7 @@ class DiffusionRL(GenLabModule):
         n = len(tokens)
         x1 = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
         times = rollout_times(hp.rollout_steps, device=self.device)
-        rec = Recorder(guided(self.old, tokens, self.guidance))
+        rec = Recorder(cfg_velocity(self.old, tokens, self.guidance))
         if hp.sampler == "sde":
             traj = sde_rollout(x1, times, rec, noise_level=hp.noise_level, generator=generator)
         else:
@@ -349,9 +335,9 @@ class DiffusionRL(GenLabModule):
             loss_sum = kl_sum = abs_lr = 0.0
             for rows in self.micro_batches(n):
                 sub = sub_trajectory(traj, rows)
-                velocity = guided(self.policy, tokens[rows], self.guidance)
+                velocity = cfg_velocity(self.policy, tokens[rows], self.guidance)
                 if hp.kl_coef > 0:
-                    ref = guided(self.reference, tokens[rows], self.guidance)
+                    ref = cfg_velocity(self.reference, tokens[rows], self.guidance)
                 for i, k in enumerate(noisy):
                     rec = Recorder(velocity)
                     logratio = self.scale * (per_step_logprob(sub, rec, hp.noise_level, steps=[k]) - old_lp[i, rows])
@@ -372,18 +358,19 @@ class DiffusionRL(GenLabModule):
         hp, opt, n = self.hparams, self.optimizers(), len(tokens)
         t, eps = elbo_draws(n, tuple(x0.shape[1:]), hp.elbo_mc, generator=gen, t_range=T_RANGE, device=self.device)
         with torch.no_grad():
-            old = torch.cat([elbo(guided(self.old, tokens[r], self.guidance), x0[r], t[:, r], eps[:, r],
+            old = torch.cat([elbo(cfg_velocity(self.old, tokens[r], self.guidance), x0[r], t[:, r], eps[:, r],
                                   weighting=hp.elbo_weighting, t_range=T_RANGE) for r in self.micro_batches(n)])
         for _ in range(hp.inner_updates):
             opt.zero_grad()
             loss_sum = kl_sum = abs_lr = 0.0
             for rows in self.micro_batches(n):
-                rec = Recorder(guided(self.policy, tokens[rows], self.guidance))
+                rec = Recorder(cfg_velocity(self.policy, tokens[rows], self.guidance))
                 new = elbo(rec, x0[rows], t[:, rows], eps[:, rows], weighting=hp.elbo_weighting, t_range=T_RANGE)
                 logratio = self.scale * (new - old[rows])
                 loss = self.policy_loss(logratio, adv[rows])
                 if hp.kl_coef > 0:
-                    kl = self.scale * velocity_kl(rec.records, guided(self.reference, tokens[rows], self.guidance))
+                    ref = cfg_velocity(self.reference, tokens[rows], self.guidance)
+                    kl = self.scale * velocity_kl(rec.records, ref)
                     loss = loss + hp.kl_coef * kl
                     kl_sum += float(kl.detach()) * len(rows) / n
                 self.manual_backward(loss * len(rows) / n)
@@ -408,12 +395,12 @@ class DiffusionRL(GenLabModule):
                 x0_rep, tok = x0[rows].repeat(hp.elbo_mc, 1, 1, 1), tokens[rows].repeat(hp.elbo_mc, 1)
                 xt = (1 - tt).view(-1, 1, 1, 1) * x0_rep + tt.view(-1, 1, 1, 1) * ee
                 with torch.no_grad():
-                    v_old = guided(self.old, tok, self.guidance)(xt, tt)
-                rec = Recorder(guided(self.policy, tok, self.guidance))
+                    v_old = cfg_velocity(self.old, tok, self.guidance)(xt, tt)
+                rec = Recorder(cfg_velocity(self.policy, tok, self.guidance))
                 v_theta = rec(xt, tt)
                 loss = nft_loss(v_theta, v_old, xt, x0_rep, tt, reward_prob[rows].repeat(hp.elbo_mc), hp.nft_beta)
                 if hp.kl_coef > 0:
-                    kl = self.scale * velocity_kl(rec.records, guided(self.reference, tok, self.guidance))
+                    kl = self.scale * velocity_kl(rec.records, cfg_velocity(self.reference, tok, self.guidance))
                     loss = loss + hp.kl_coef * kl
                     kl_sum += float(kl.detach()) * m / n
                 self.manual_backward(loss * m / n)
@@ -465,7 +452,7 @@ class DiffusionRL(GenLabModule):
             raise ValueError(f"sample: {len(captions)} captions for n={n}")
         model = {"policy": self.policy, "reference": self.reference, "old": self.old}[net]
         tokens = self.tokenizer.encode(captions).to(self.device)
-        velocity = guided(model, tokens, self.guidance if guidance is None else float(guidance))
+        velocity = cfg_velocity(model, tokens, self.guidance if guidance is None else float(guidance))
         times = rollout_times(num_steps or self.hparams.rollout_steps, device=self.device)
         x1 = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
         if sampler == "sde":

@@ -38,6 +38,21 @@ class CaptionedVelocity(nn.Module):
         return self.unet(x, t, text, CaptionEncoder.padding_mask(tokens), pooled)
 
 
+def cfg_velocity(net: nn.Module, tokens: torch.Tensor, guidance: float):
+    """Velocity closure (x (N, 3, H, W), t (N,)) -> (N, 3, H, W) of a captioned velocity network:
+    v(x, t, c) when ``guidance`` = 1, else v(x, t, {}) + w (v(x, t, c) - v(x, t, {})) as one batched
+    forward of 2N rows (the empty caption is all-padding tokens)."""
+    null = torch.zeros_like(tokens)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance == 1.0:
+            return net(x, t, tokens)
+        v_cond, v_null = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null])).chunk(2)
+        return v_null + guidance * (v_cond - v_null)
+
+    return velocity
+
+
 class TextToImage(GenLabModule):
     """Conditional rectified flow; see the module docstring. Images in the model's space are in
     [-1, 1]; :meth:`generate` returns them in [0, 1] for the evaluator."""
@@ -133,17 +148,8 @@ class TextToImage(GenLabModule):
 
     # ---- generation -------------------------------------------------------------------------
     def guided_velocity(self, tokens: torch.Tensor, guidance: float, use_ema: bool = True):
-        """drift(x, t) = v(x, t, {}) + w (v(x, t, c) - v(x, t, {})), one batched forward of 2B rows."""
-        null = torch.zeros_like(tokens)
-
-        def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if guidance == 1.0:
-                return self(x, t, tokens, use_ema)
-            v = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null]), use_ema)
-            v_cond, v_null = v.chunk(2)
-            return v_null + guidance * (v_cond - v_null)
-
-        return drift
+        """The EMA (or live) network's CFG velocity closure; see :func:`cfg_velocity`."""
+        return cfg_velocity(self.ema if use_ema else self.model, tokens, guidance)
 
     def sde_coefficients(self, velocity):
         """Reverse-time SDE with the flow's marginals: dx = [v - (g^2 / 2) s] dt + g dW (dt < 0), with

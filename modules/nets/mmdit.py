@@ -12,8 +12,6 @@ masked). Outputs: the image stream's eps prediction (B, C, H, W) and the caption
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -56,8 +54,8 @@ class JointBlock(nn.Module):
         lengths = [h.shape[1] for h in streams]
         B, H = streams[0].shape[0], streams[0].shape[2]
         q, k, v = torch.cat(qkv, 1).reshape(B, sum(lengths), 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
-        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(H // self.heads), -1)
-        att = (w @ v).transpose(1, 2).reshape(B, sum(lengths), H).split(lengths, 1)
+        att = nn.functional.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v over both streams
+        att = att.transpose(1, 2).reshape(B, sum(lengths), H).split(lengths, 1)
         out = []
         for i, h in enumerate(streams):
             s1, b1, g1, s2, b2, g2 = mods[i]

@@ -1,206 +1,222 @@
-"""``MaskedDiffusionLM``: a small bidirectional transformer trained as an MDLM on an exactly checkable
-task, and on yes/no self-verification with the verdict read at a [MASK] slot.
+"""``MaskedDiffusionLM``: a masked diffusion LM (MDLM-style) trained on an exactly checkable task to answer
+and to verify its own answers, evaluated by test-time search (Prism, Bai et al., arXiv 2602.01842).
 
-Generation loss (MDLM, Sahoo et al. 2024; core.masked_diffusion.MaskedDiffusion.loss): a time t ~ U(0,1)
-per example, each answer digit masked with probability m(t), weight m'(t)/m(t) on the masked positions'
-cross-entropy; prompts are never masked. The network sees the mask ratio (Prism's decoders pass the
-fraction of the sequence still masked as t).
-Verification loss: cross-entropy of Y/N at the verdict slot of ``task.verify_inputs(candidate)``
-(optionally class-balanced); negatives are corrupted answers and, in a second round (``own_from``), the
-model's own wrong samples from a pool redrawn every ``own_refresh`` steps.
-``task`` is a core.arith_task.ArithTask or a core.sudoku_task.SudokuTask (the same interface).
+Training (``training_step``), per global batch of training problems:
+* the MDLM generation loss on the answer slots (core.self_verification.generation_loss); per-example times
+  and masks are keyed by (seed, step, example index), so 1 and N processes draw the same ones;
+* ``verify_weight`` x the verification loss on ``verify_frac`` x batch labelled candidates: near-miss
+  corruptions of the right answer and, from ``own_from`` x (round-1 steps) on, the model's *own*
+  completions (a pool of ``own_pool`` redrawn every ``own_refresh`` steps, kept in the checkpoint);
+* the last ``verify_steps`` steps of ``trainer.max_steps`` are the second round: whole batches of
+  verification examples at ``verify_lr`` x lr, with the generation loss unless ``round2_gen`` is False.
+Testing (``test_step``): every search method of core.search_eval on the held-out problems, NFE counted
+with verification passes; ``on_test_epoch_end`` logs accuracies, NFE, CIs and self-verification AUROCs and
+leaves the accuracy-vs-NFE rows in ``search_rows`` (callbacks.accuracy_vs_nfe plots them).
+Search and tasks run on CPU tensors; ``model_fn`` moves tokens to the net's device and logits back.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from core.checkable_tasks import make_task
 from core.masked_diffusion import MaskedDiffusion, confidence_decode
+from core.search import SelfVerifier, auroc
+from core.search_eval import BatchResult, SearchConfig, evaluate_problems, summarize
+from core.self_verification import generation_loss, own_samples, verification_loss
+from modules.base import GenLabModule
+from modules.nets.masked_transformer import MaskedTransformer
 
 
-class MaskedDiffusionLM(nn.Module):
-    """tokens (B, L) long, t (B,) mask ratio -> logits (B, L, V) with V = ``vocab_size`` (mask included,
-    its logit is excluded by the decoders)."""
-
-    def __init__(self, vocab_size: int, max_len: int = 32, d_model: int = 128, n_layers: int = 4,
-                 n_heads: int = 4, position_groups: list[list[int]] | None = None) -> None:
+class MaskedDiffusionLM(GenLabModule):
+    def __init__(
+        self,
+        task: dict,
+        d_model: int = 96,
+        n_layers: int = 3,
+        n_heads: int = 4,
+        structure: bool = False,
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        verify_weight: float = 1.0,
+        verify_frac: float = 0.5,
+        balanced: bool = True,
+        own_from: float = 0.5,
+        own_pool: int = 1024,
+        own_refresh: int = 300,
+        own_frac: float = 0.5,
+        own_group: int = 1,
+        verify_steps: int = 0,
+        verify_lr: float = 0.3,
+        round2_gen: bool = True,
+        search: dict | None = None,
+    ) -> None:
+        """``task``: a core.checkable_tasks spec; ``structure``: the task's position groups (Sudoku's rows,
+        columns, boxes) feed group embeddings; ``search``: core.search_eval.SearchConfig fields (its
+        ``temperature`` is also the temperature of the model's own training samples)."""
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.max_len = max_len
-        self.tok = nn.Embedding(vocab_size, d_model)
-        self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
-        # optional structure of the positions (Sudoku: row, column, box of each cell): each position
-        # also gets the sum of its groups' embeddings, so cells that constrain each other look alike
-        self.register_buffer("groups", None, persistent=False)
-        if position_groups is not None:
-            groups = torch.as_tensor(position_groups, dtype=torch.long)
-            if groups.ndim != 2 or groups.shape[0] < max_len:
-                raise ValueError(f"position_groups must be (>= max_len={max_len}, G), got {tuple(groups.shape)}")
-            self.register_buffer("groups", groups, persistent=False)
-            self.group_emb = nn.Embedding(int(groups.max()) + 1, d_model)
-        self.time = nn.Linear(1, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True,
-                                           norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size)
+        self.save_hyperparameters()
+        for key, v in (("verify_frac", verify_frac), ("own_frac", own_frac), ("own_from", own_from)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"module.{key} must be in [0, 1], got {v}")
+        if verify_steps < 0 or own_pool < 0 or own_refresh < 0 or own_group < 1:
+            raise ValueError("module.verify_steps, own_pool, own_refresh must be >= 0 and own_group >= 1")
+        self.task = make_task(task, "module.task")
+        self.search = SearchConfig.from_dict(dict(search or {}), "module.search")
+        groups = getattr(self.task, "position_groups", None) if structure else None
+        self.net = MaskedTransformer(len(self.task.vocab), self.task.verify_len, d_model, n_layers, n_heads, groups)
+        self.proc = MaskedDiffusion(self.task.mask_id, "linear")
+        # the pool of own samples is state: a resumed run continues with the same pool
+        self.register_buffer("pool_queries", torch.zeros(own_pool, self.task.verify_len, dtype=torch.long))
+        self.register_buffer("pool_verdicts", torch.zeros(own_pool, dtype=torch.long))
+        self.register_buffer("pool_size", torch.tensor(0))
+        self.register_buffer("pool_step", torch.tensor(-1))
+        self.register_buffer("pool_draws", torch.tensor(0))
+        self.search_rows: list[tuple[str, float, float, float]] = []
+        self._test_results: list[BatchResult] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        L = tokens.shape[1]
-        if L > self.max_len:
-            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        t = torch.as_tensor(t, dtype=torch.float32, device=tokens.device).reshape(-1, 1)
-        h = self.tok(tokens) + self.pos[:L] + self.time(t).unsqueeze(1)
-        if self.groups is not None:
-            h = h + self.group_emb(self.groups[:L]).sum(1)
-        return self.head(self.norm(self.encoder(h)))
+    def forward(self, tokens: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens, ratio)
 
+    def model_fn(self, tokens: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """The CPU interface of core/ (tasks, decoders, search): tokens (B, L) and mask ratios (B,) go to
+        the net's device, float32 logits (B, L, V) come back to the CPU (gradients flow through)."""
+        ratio = torch.as_tensor(ratio, dtype=torch.float32)
+        return self.net(tokens.to(self.device), ratio.to(self.device)).float().cpu()
 
-class OnDevice(nn.Module):
-    """Runs ``net`` on ``device`` behind a CPU interface: tokens and t move there, logits come back to
-    the CPU (every task, generator and decoder in core/ works on CPU tensors; gradients flow through
-    the moves). Lets the same training and search code use an accelerator when one is there."""
+    # ------------------------------------------------------------------ training
+    @property
+    def round1_steps(self) -> int:
+        """Steps of the first round (generation + verification): max_steps - verify_steps."""
+        return int(self.trainer.max_steps) - self.hparams.verify_steps
 
-    def __init__(self, net: nn.Module, device: str) -> None:
-        super().__init__()
-        self.net, self.device = net.to(device), torch.device(device)
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        step = int(self.global_step)
+        p, index = batch["x"].cpu(), batch["index"].cpu()
+        g = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + step * 7919 + int(index[0]))
+        self._refresh_pool(step)
+        losses = self._losses(p, index, g, round2=step >= self.round1_steps)
+        for name, v in losses.items():
+            self.log(f"train/{name}", v, prog_bar=name == "loss", batch_size=len(p))
+        return losses["loss"]
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float32)
-        return self.net(tokens.to(self.device), t.to(self.device)).float().cpu()
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The round-1 training loss with all randomness from ``generator`` (Hessian probes)."""
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self._losses(batch["x"].cpu(), batch["index"].cpu(), g, round2=False, keyed=False)["loss"]
 
+    def _losses(self, p: torch.Tensor, index: torch.Tensor, g: torch.Generator, round2: bool,
+                keyed: bool = True) -> dict[str, torch.Tensor]:
+        hp, task, B = self.hparams, self.task, len(p)
+        out = {}
+        loss = torch.zeros(())
+        if not round2 or hp.round2_gen:
+            if keyed:  # per-example draws keyed by (seed, step, index): the same on any world size
+                t = self.example_uniform(index, (1,), stream=0).cpu()[:, 0]
+                u = self.example_uniform(index, (task.gen_len,), stream=1).cpu()
+            else:
+                t, u = torch.rand(B, generator=g), torch.rand(B, task.gen_len, generator=g)
+            out["loss_gen"] = generation_loss(self.model_fn, task, self.proc, p, t.clamp_min(1e-3), u)
+            loss = loss + out["loss_gen"]
+        nv = B if round2 else min(B, max(2, int(B * hp.verify_frac)))
+        q, v = task.verification_examples(p[:nv], g)
+        size = int(self.pool_size)
+        n_own = min(nv, int(round(nv * hp.own_frac))) if size > 0 else 0
+        if n_own > 0:
+            pick = torch.randint(size, (n_own,), generator=g)
+            q = torch.cat([q[: nv - n_own], self.pool_queries[:size].cpu()[pick]])
+            v = torch.cat([v[: nv - n_own], self.pool_verdicts[:size].cpu()[pick]])
+        out["loss_verify"] = verification_loss(self.model_fn, q, v, task.mask_id, task.yes_id, task.no_id,
+                                               hp.balanced)
+        out["loss"] = loss + hp.verify_weight * out["loss_verify"]
+        return out
 
-def generation_loss(model: nn.Module, task, proc: MaskedDiffusion, p: torch.Tensor, g) -> torch.Tensor:
-    """MDLM loss on problems p: the answer slots (the prompt's [MASK] positions) masked at t ~ U(0, 1)."""
-    x0, slots = task.targets(p), task.prompts(p) == task.mask_id
-    t = torch.rand(len(p), generator=g).clamp_min(1e-3)
-    u = torch.rand(x0.shape, generator=g)
-    xt = torch.where(slots & (u < proc.schedule.mask_prob(t)[:, None]), task.mask_id, x0)
-    ratio = (xt == task.mask_id).float().mean(1)
-    return proc.loss(model(xt, ratio), x0, xt, t, valid=slots).mean()
+    def _refresh_pool(self, step: int) -> None:
+        """Redraw the pool of own samples when due (the second round of verification training: the model's
+        own mistakes as negatives). The draw is seeded by (seed, step): every rank holds the same pool."""
+        hp = self.hparams
+        if hp.own_pool == 0 or hp.own_frac == 0 or step < hp.own_from * self.round1_steps:
+            return
+        last = int(self.pool_step)
+        if last >= 0 and (hp.own_refresh == 0 or step - last < hp.own_refresh):
+            return
+        g = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + step * 7919 + 104729)
+        self.net.eval()
+        q, v = own_samples(self.model_fn, self.task, hp.own_pool, g, self.search.temperature, hp.own_group)
+        self.net.train()
+        n = len(q)
+        self.pool_queries[:n], self.pool_verdicts[:n] = q.to(self.device), v.to(self.device)
+        self.pool_size.fill_(n)
+        self.pool_step.fill_(step)
+        self.pool_draws += 1
+        self.log("train/own_sample_acc", (v == self.task.yes_id).float().mean(), batch_size=n)
 
+    # ------------------------------------------------------------------ validation: one sample per problem
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        p, task = batch["x"].cpu(), self.task
+        g = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + int(batch["index"][0]))
+        x = confidence_decode(self.model_fn, task.prompts(p), task.n_steps, task.mask_id,
+                              temperature=self.search.temperature, generator=g).x
+        verifier = SelfVerifier(self.model_fn, task.verify_inputs, task.mask_id, task.yes_id, task.no_id)
+        self._val.append((verifier(x), task.check(x, p)))
 
-def verification_loss(model: nn.Module, queries: torch.Tensor, verdict: torch.Tensor, mask_id: int,
-                      yes_id: int, no_id: int, balanced: bool = False) -> torch.Tensor:
-    """Two-way cross-entropy over the (no, yes) logits at the last ([MASK]) position. ``balanced``:
-    each class present in the batch weighs half (the model's own samples are mostly wrong, and a
-    verifier that learns the base rate says nothing about which candidate is right)."""
-    ratio = (queries == mask_id).float().mean(1)
-    logits = model(queries, ratio)[:, -1][:, [no_id, yes_id]]
-    y = (verdict == yes_id).long()
-    if not balanced:
-        return F.cross_entropy(logits, y)
-    nll = F.cross_entropy(logits, y, reduction="none")
-    per_class = [nll[y == c].mean() for c in (0, 1) if bool((y == c).any())]
-    return torch.stack(per_class).mean()
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        s, r = (torch.cat(z) for z in zip(*self._val))
+        self._val = []
+        self.log("val/acc", r.float().mean())
+        au = auroc(s, r)
+        if au == au:  # both right and wrong samples
+            self.log("val/sv_auroc", au)
 
+    # ------------------------------------------------------------------ test: accuracy vs NFE of every method
+    def on_test_epoch_start(self) -> None:
+        self._test_results, self._test_t0 = [], time.time()
 
-@torch.no_grad()
-def own_samples(model, task, n: int, g: torch.Generator, temperature: float = 0.7, group: int = 1):
-    """The model's own completions of n training problems, labelled by the checker: ``group`` completions
-    of each of n // group problems (right and wrong answers to the same problem side by side)."""
-    p = task.sample_problems(max(1, n // group), "train", g).repeat_interleave(group, 0)
-    x = confidence_decode(model, task.prompts(p), task.n_steps, task.mask_id, temperature=temperature,
-                          generator=g).x
-    return task.labelled(x, p)
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        p, first = batch["x"].cpu(), int(batch["index"][0])
+        g = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + 15485863 + first)
+        by_step = max(0, min(self.search.by_step_problems - first, len(p)))
+        self._test_results.append(evaluate_problems(self.model_fn, self.task, p, self.search, g, by_step))
 
+    def on_test_epoch_end(self) -> None:
+        if not self._test_results:
+            return
+        metrics, self.search_rows = summarize(self._test_results, self.task.n_steps)
+        metrics["test/eval_seconds"] = time.time() - self._test_t0
+        metrics["test/own_pool_draws"] = float(self.pool_draws)
+        metrics["test/params"] = float(sum(q.numel() for q in self.net.parameters()))
+        self.log_dict(metrics)
+        self._test_results = []
 
-def train_masked_lm(
-    task,
-    *,
-    steps: int,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    d_model: int = 128,
-    n_layers: int = 4,
-    n_heads: int = 4,
-    verify_weight: float = 0.5,
-    verify_frac: float = 0.5,
-    balanced: bool = True,
-    own_from: float = 0.6,
-    own_pool: int = 512,
-    own_refresh: int = 0,
-    own_frac: float = 0.5,
-    own_group: int = 1,
-    structure: bool = False,
-    verify_steps: int = 0,
-    verify_lr: float = 0.3,
-    round2_gen: bool = True,
-    temperature: float = 0.7,
-    seed: int = 0,
-    device: str = "cpu",
-    log_every: int = 0,
-    on_log: Callable[[int, MaskedDiffusionLM], None] | None = None,
-) -> tuple[MaskedDiffusionLM, dict[str, float]]:
-    """Train one model on generation + verification; returns (model in eval mode, training stats).
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        r1 = self.round1_steps
+        if r1 < 1:
+            raise ValueError(f"module.verify_steps ({hp.verify_steps}) must be below trainer.max_steps "
+                             f"({self.trainer.max_steps}): the first round needs steps")
+        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        warm = max(1, r1 // 20)
 
-    Each step: the MDLM loss on ``batch_size`` problems and ``verify_weight`` x the verification loss
-    on ``verify_frac`` * batch_size labelled candidates (corrupted targets). From ``own_from`` * steps
-    on (the second round), a fraction ``own_frac`` of the verification batch is the model's own
-    completions at ``temperature`` (a pool of ``own_pool``, ``own_group`` per problem, redrawn every
-    ``own_refresh`` steps; 0 = drawn once), labelled by the checker. Then ``verify_steps`` more steps
-    train on full batches of verification examples (corrupted and own; the issue's second round, once
-    the model can generate) at ``verify_lr`` * lr, with the generation loss unless ``round2_gen`` is
-    False (measured on Sudoku: verification alone makes a near-perfect verifier, AUROC 0.99, but the
-    single-sample accuracy falls from 0.60 to 0.12 -- the shared network forgets how to generate).
-    ``structure``: the task's ``position_groups`` (if any) feed the model's group embeddings."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    groups = getattr(task, "position_groups", None) if structure else None
-    model: nn.Module = MaskedDiffusionLM(len(task.vocab), task.verify_len, d_model, n_layers, n_heads, groups)
-    if device != "cpu":
-        model = OnDevice(model, device)
-    proc = MaskedDiffusion(task.mask_id, "linear")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: verify_lr if s >= steps else
-        min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    pool, pool_step, t0, stats, accs = None, -1, time.time(), {}, []
-    for step in range(steps + verify_steps):
-        model.train()
-        round2 = step >= steps  # the second round: the whole batch also as verification examples
-        nv = batch_size if round2 else max(2, int(batch_size * verify_frac))
-        n_own = int(round(nv * own_frac))
-        p = task.sample_problems(batch_size, "train", g)
-        if not round2 or round2_gen:
-            loss_gen = generation_loss(model, task, proc, p, g)
-        q, v = task.verification_examples(p[:nv] if nv <= batch_size else task.sample_problems(nv, "train", g), g)
-        due = pool is None or (own_refresh > 0 and step - pool_step >= own_refresh)
-        if due and step >= own_from * steps and own_pool > 0 and n_own > 0:
-            model.eval()
-            pool, pool_step = own_samples(model, task, own_pool, g, temperature, own_group), step
-            accs.append(float((pool[1] == task.yes_id).float().mean()))
-            model.train()
-        if pool is not None:
-            idx = torch.randint(len(pool[0]), (n_own,), generator=g)
-            q = torch.cat([q[: nv - n_own], pool[0][idx]])
-            v = torch.cat([v[: nv - n_own], pool[1][idx]])
-        loss_ver = verification_loss(model, q, v, task.mask_id, task.yes_id, task.no_id, balanced)
-        loss = verify_weight * loss_ver + (0.0 if round2 and not round2_gen else loss_gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log_every and (step % log_every == 0 or step in (steps - 1, steps + verify_steps - 1)):
-            print(f"[masked_lm] step {step} gen {loss_gen.item():.3f} ver {loss_ver.item():.3f} "
-                  f"{time.time() - t0:.0f}s", flush=True)
-            if on_log is not None:
-                model.eval()
-                on_log(step, model)
-    if accs:
-        stats["train/own_sample_acc_first"] = accs[0]
-        stats["train/own_sample_acc"] = accs[-1]
-        stats["train/own_pool_draws"] = float(len(accs))
-    stats.update({"train/loss_gen": loss_gen.item(), "train/loss_verify": loss_ver.item(),
-                  "train/seconds": time.time() - t0,
-                  "train/params": float(sum(p.numel() for p in model.parameters()))})
-    return model.eval(), stats
+        def factor(s: int) -> float:  # warm-up + cosine over round 1, then a constant verify_lr x lr
+            if s >= r1:
+                return hp.verify_lr
+            return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / r1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompts: torch.Tensor, temperature: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Complete task prompts (B, L) by confidence decoding in the task's ``n_steps`` steps."""
+        t = self.search.temperature if temperature is None else temperature
+        return confidence_decode(self.model_fn, prompts.cpu(), self.task.n_steps, self.task.mask_id,
+                                 temperature=t, generator=generator).x

@@ -120,7 +120,8 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
         if trainer.interrupted:
             raise RuntimeError(f"training was interrupted at step {trainer.global_step}; continue it with "
                                f"ckpt_path=last output_dir={cfg.output_dir}")
-        trainer.save_checkpoint(vdir / "checkpoints" / "last.ckpt")  # the final state, whatever the cadence
+        # the final state, whatever the cadence; full (optimizer, loops, callbacks) so a longer run can resume it
+        trainer.save_checkpoint(vdir / "checkpoints" / "last.ckpt", weights_only=False)
         metrics = scalars(trainer.callback_metrics)
         metrics["time/fit_s"] = time.time() - t0
         tested = is_overridden("test_step", module)

@@ -8,9 +8,10 @@ train split, test problems from its held-out split (the task's hash decides; the
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
 from core.checkable_tasks import make_task
-from datamodules.base import IndexedTensorDataset, TensorDataModule
+from datamodules.base import IndexedTensorDataset, TensorDataModule, collate_rows
 
 
 class CheckableTaskDataModule(TensorDataModule):
@@ -40,3 +41,15 @@ class CheckableTaskDataModule(TensorDataModule):
         chunk = 4096
         parts = [self.task.sample_problems(min(chunk, n - lo), "train", g) for lo in range(0, n, chunk)]
         return torch.cat(parts)
+
+    def test_dataloader(self) -> DataLoader:
+        """Held-out problems in chunks of ``eval_batch_size``; of W processes, rank r takes chunks r, r + W, ...
+        The module seeds each chunk by its first index and gathers every rank's results, so the test metrics
+        do not depend on the number of processes (tested with two gloo processes)."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        n = len(self.test_set)
+        b = min(self.eval_batch_size, n)
+        chunks = [list(range(lo, min(lo + b, n))) for lo in range(0, n, b)]
+        return DataLoader(self.test_set, batch_sampler=chunks[rank::world], collate_fn=collate_rows,
+                          num_workers=self.num_workers)

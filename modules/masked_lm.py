@@ -12,7 +12,8 @@ Training (``training_step``), per global batch of training problems:
 Testing (``test_step``): every search method of core.search_eval on the held-out problems, NFE counted
 with verification passes; ``on_test_epoch_end`` logs accuracies, NFE, CIs and self-verification AUROCs and
 leaves the accuracy-vs-NFE rows in ``search_rows`` (callbacks.accuracy_vs_nfe plots them).
-Search and tasks run on CPU tensors; ``model_fn`` moves tokens to the net's device and logits back.
+Search and tasks run on CPU tensors; ``model_fn`` moves tokens to the net's device and logits back. Under DDP
+each rank evaluates its chunks of the test problems and the results are gathered before the metrics.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class MaskedDiffusionLM(GenLabModule):
         self.register_buffer("pool_step", torch.tensor(-1))
         self.register_buffer("pool_draws", torch.tensor(0))
         self.search_rows: list[tuple[str, float, float, float]] = []
-        self._test_results: list[BatchResult] = []
+        self._test_results: list[tuple[int, BatchResult]] = []  # (first problem index, results)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, tokens: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -182,12 +183,18 @@ class MaskedDiffusionLM(GenLabModule):
         p, first = batch["x"].cpu(), int(batch["index"][0])
         g = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + 15485863 + first)
         by_step = max(0, min(self.search.by_step_problems - first, len(p)))
-        self._test_results.append(evaluate_problems(self.model_fn, self.task, p, self.search, g, by_step))
+        self._test_results.append((first, evaluate_problems(self.model_fn, self.task, p, self.search, g, by_step)))
 
     def on_test_epoch_end(self) -> None:
-        if not self._test_results:
+        results = self._test_results
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * self.trainer.world_size  # every rank evaluated its own chunks (CPU tensors)
+            torch.distributed.all_gather_object(parts, results)
+            results = [r for part in parts for r in part]
+        if not results:
             return
-        metrics, self.search_rows = summarize(self._test_results, self.task.n_steps)
+        metrics, self.search_rows = summarize([r for _, r in sorted(results, key=lambda fr: fr[0])],
+                                              self.task.n_steps)
         metrics["test/eval_seconds"] = time.time() - self._test_t0
         metrics["test/own_pool_draws"] = float(self.pool_draws)
         metrics["test/params"] = float(sum(q.numel() for q in self.net.parameters()))

@@ -28,3 +28,19 @@ def test_errors_name_the_key():
         CheckableTaskDataModule({"name": "nim"})
     with pytest.raises(ValueError, match="data.n_test"):
         CheckableTaskDataModule({"name": "sudoku"}, n_test=0)
+
+
+def test_test_chunks_are_split_across_ranks_without_overlap():
+    from types import SimpleNamespace
+
+    dm = CheckableTaskDataModule({"name": "arith", "op": "mul", "a_digits": 2, "b_digits": 1}, n_train=64,
+                                 n_test=50, eval_batch_size=12)
+    dm.setup()
+    seen = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        seen.append([b["index"].tolist() for b in dm.test_dataloader()])
+    assert [len(c) for c in seen[0]] == [12, 12, 2] and [len(c) for c in seen[1]] == [12, 12]
+    flat = sorted(i for part in seen for chunk in part for i in chunk)
+    assert flat == list(range(50))  # chunks 0, 2, 4 on rank 0 and 1, 3 on rank 1: a partition
+    assert seen[1][0][0] == 12

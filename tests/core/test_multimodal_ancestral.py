@@ -5,7 +5,7 @@ must keep samples in the box."""
 import torch
 
 from core.nfe import EvalCounter
-from tests.core.test_multimodal import MASK, MU, PI, S, _exact_model, _process
+from tests.core.test_multimodal import MU, S, _exact_model, _process, assert_recovers_the_joint
 
 
 def test_ancestral_step_recovers_the_mixed_distribution_in_few_steps():
@@ -19,14 +19,7 @@ def test_ancestral_step_recovers_the_mixed_distribution_in_few_steps():
         counter=counter,
         continuous_step="ancestral",
     )
-    x, y = out.x[0][:, 0], out.x[1][:, 0]
-    assert counter.calls == out.nfe == 40
-    assert (y != MASK).all()
-    freq = torch.bincount(y, minlength=3).float() / len(y)
-    assert 0.5 * (freq - PI).abs().sum() < 0.03
-    for k in range(3):
-        xs = x[y == k]
-        assert abs(xs.mean() - MU[k]) < 0.1 and abs(xs.std() - S) < 0.08
+    assert_recovers_the_joint(out, counter, 40)
 
 
 def test_ancestral_conditional_and_clipping():

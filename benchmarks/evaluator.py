@@ -1,6 +1,6 @@
 """Throughput of the exact Shapes-GenEval evaluator (the issue asks for >= 1,000 images/s on the
 2-core CPU box): ground-truth renders of the 553 evaluation prompts, tiled to ``--n`` images,
-judged by ``core.shapes.evaluate`` on one thread.
+judged by ``core.tasks.shapes.evaluate`` on one thread.
 
 Reports images/s by wall clock and by process CPU time (on a shared machine the wall clock
 includes other users' load; CPU time is what the evaluator itself costs).
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from core.shapes import evaluate, ground_truth_images, load_eval_prompts
-from core.shapes.render import gaussian_blur
+from core.tasks.shapes import evaluate, ground_truth_images, load_eval_prompts
+from core.tasks.shapes.render import gaussian_blur
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Trains the EoS MLP (784-100-100-10 tanh, MSE, 500 centred MNIST digits, full-batch GD, lr 0.4) and every
 ``--every`` steps estimates lambda_max(H) by
-  * Lanczos (core.hessian.lanczos_top_eigen, its own stopping rule at rtol), warm-started from the
+  * Lanczos (core.optim.hessian.lanczos_top_eigen, its own stopping rule at rtol), warm-started from the
     previous top eigenvector, and cold (random start);
   * power iteration warm-started from the same vector, stopped by an oracle at the first iterate within
     rtol of the reference (generous to power iteration);
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.hessian import HessianOperator, lanczos_top_eigen  # noqa: E402
+from core.optim.hessian import HessianOperator, lanczos_top_eigen  # noqa: E402
 from datamodules.mnist import load_mnist  # noqa: E402
 
 

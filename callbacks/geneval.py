@@ -1,5 +1,5 @@
 """GenEval on Shapes for any module that generates images from prompts (``generate(prompts, ...)``
-returning (B, 3, H, W) in [0, 1]): the exact evaluator of core.shapes, GenEval's six categories,
+returning (B, 3, H, W) in [0, 1]): the exact evaluator of core.tasks.shapes, GenEval's six categories,
 a table of prompts / images / verdicts, a captioned sample grid, and an FID-style distance in the
 in-suite shapes feature net (so reward hacking -- images that pass the evaluator but leave the data
 distribution -- shows up next to the score).
@@ -23,8 +23,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from callbacks.media import log_images, log_table
-from core.features import FeatureNet, train_feature_net
-from core.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
+from core.eval.features import FeatureNet, train_feature_net
+from core.tasks.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
 
 
 class ShapesFeatures(nn.Module):

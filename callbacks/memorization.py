@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from callbacks.media import log_figure, log_images
-from core.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
+from core.eval.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
 
 
 def _flat(x) -> torch.Tensor:

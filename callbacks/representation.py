@@ -11,12 +11,12 @@ import lightning as L
 import torch
 
 from callbacks.media import log_images
-from core.memorization import activation_spread, active_row_cosine
+from core.eval.memorization import activation_spread, active_row_cosine
 
 
 class RepresentationCallback(L.Callback):
     """Every ``every_n_steps`` (and at ``max_steps``) on rank 0, on up to ``n`` training examples:
-    log ``representation/{cv,std,l4_l2,active_frac}`` (core.memorization) and
+    log ``representation/{cv,std,l4_l2,active_frac}`` (core.eval.memorization) and
     ``representation/row_cosine`` (mean max cosine of active rows to the centred training images),
     and an image of the ``n_rows`` encoder rows with the largest norms."""
 

@@ -2,7 +2,7 @@
 
 :func:`analyse_sampling` is the measurement (used by :class:`RidgeCallback` and by the ridge
 experiments' jobs); the callback runs it at validation time on any module that offers
-``sample(n, generator, return_trajectory=True)`` (a :class:`core.samplers.SampleResult`) and a
+``sample(n, generator, return_trajectory=True)`` (a :class:`core.diffusion.solvers.SampleResult`) and a
 datamodule with ``train_tensor()``. When the module has ``process`` (a scalar process) and
 ``score(x, t)``, the displacement of each analysed step is the drift part of the reverse SDE
 (free of the sampler's isotropic noise); otherwise the raw increments over ``stride`` steps.
@@ -17,9 +17,9 @@ import math
 import lightning as L
 import torch
 
-from core.phases import PhaseTimes, RidgeSeries, detect_phases, ridge_series
-from core.processes import ScalarProcess
-from core.ridge import (
+from core.ridge.phases import PhaseTimes, RidgeSeries, detect_phases, ridge_series
+from core.diffusion.processes import ScalarProcess
+from core.ridge.geometry import (
     nearest_neighbour_spacing,
     project_to_ridge,
     ridge_geometry,
@@ -97,7 +97,7 @@ def analyse_sampling(
     ``distance`` for reach = median normal offset / ``length_scale``; steps whose median relative
     eigengap is below ``min_gap`` (normal space numerically undefined: at a relative gap g the
     eigenvectors carry errors ~ 1e-16 / g) never satisfy a phase condition.
-    ``thresholds``: reach, align, slide, smooth, persist (see core.phases.detect_phases).
+    ``thresholds``: reach, align, slide, smooth, persist (see core.ridge.phases.detect_phases).
     """
     pts, w = unique_with_weights(train)
     series = ridge_series(trajectory, times, pts, process, d_star, ridge_time, w, stride, displacements)
@@ -153,7 +153,7 @@ def plot_ridge_2d(
     grid = torch.zeros(gx.numel(), pts.shape[1], dtype=torch.float64)
     grid[:, 0], grid[:, 1] = gx.reshape(-1), gy.reshape(-1)
     geo = ridge_geometry(a_r * grid, pts, process, ridge_time, d_star, w)
-    from core.ridge import empirical_log_density
+    from core.ridge.geometry import empirical_log_density
 
     logp = empirical_log_density(a_r * grid, pts, process, ridge_time, w).reshape(gx.shape)
     fig, ax = plt.subplots(figsize=(5.0, 5.0))

@@ -2,7 +2,7 @@
 
 Every ``every_n_steps`` RL steps (and at step 0, where the policy is still the base model) it
 generates images for held-out evaluation prompts (the first ``prompts_per_category`` of each
-GenEval category of core/shapes/eval_prompts.jsonl, never used as training prompts; the same
+GenEval category of core/tasks/shapes/eval_prompts.jsonl, never used as training prompts; the same
 initial noise every time, so successive evaluations are paired) and records
 
 * the strict GenEval (mean over categories of the per-image pass rate, with its binomial SE),
@@ -30,8 +30,8 @@ import torch
 
 from callbacks.geneval import fid, subset_per_category
 from callbacks.media import log_figure
-from core.features import FeatureNet, train_feature_net
-from core.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
+from core.eval.features import FeatureNet, train_feature_net
+from core.tasks.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
 
 _CACHE: dict[tuple, object] = {}  # feature nets and base-model scores, shared by a study's variants
 

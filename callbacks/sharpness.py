@@ -2,7 +2,7 @@
 
 Every ``every_n_steps`` optimiser steps, on rank 0, over a fixed probe batch (the first ``probe_size``
 training examples; the loss noise fixed by a seeded generator through ``compute_loss(batch, generator)``):
-  sharpness/lambda_max        top eigenvalue of the loss Hessian (warm-started Lanczos, core/hessian.py)
+  sharpness/lambda_max        top eigenvalue of the loss Hessian (warm-started Lanczos, core/optim/hessian.py)
   sharpness/lr_times_lambda   lr * lambda_max (GD is at the edge when this is 2)
   sharpness/threshold         the threshold the relevant sharpness is compared with:
                               GD/SGD(momentum b): (2 + 2b)/lr on lambda_max;
@@ -24,7 +24,7 @@ from collections import deque
 import torch
 from lightning.pytorch import Callback
 
-from core.hessian import (
+from core.optim.hessian import (
     HessianOperator,
     adam_preconditioner,
     critical_sharpness,
@@ -32,7 +32,7 @@ from core.hessian import (
     lanczos_top_eigen,
     preconditioned_matvec,
 )
-from core.ivon import IVON
+from core.optim.ivon import IVON
 
 
 def optimizer_stability(optimizer: torch.optim.Optimizer) -> dict:

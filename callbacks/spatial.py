@@ -2,7 +2,7 @@
 
 * ``spatial/gene_variation``: per-gene variance across spots of single predicted draws against the
   true per-gene variance (log-log, with the identity): regression falls below the line, a model of
-  the conditional law stays on it (the RVD of core/st_metrics.py, gene by gene).
+  the conditional law stays on it (the RVD of core/eval/spatial.py, gene by gene).
 * ``spatial/maps``: for the ``n_genes`` best-predicted genes (highest PCC) of the first test
   slide, the true map,
   the point prediction and one single draw, at the spot coordinates.
@@ -62,7 +62,7 @@ def maps_figure(out: dict[str, torch.Tensor], genes: list[str], n_genes: int, sp
         out["single"][first],
         out["coords"][first],
     )
-    from core.st_metrics import pearson_per_gene
+    from core.eval.spatial import pearson_per_gene
 
     top = torch.argsort(pearson_per_gene(point, true), descending=True)[
         :n_genes

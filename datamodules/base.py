@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 class IndexedTensorDataset(Dataset):
     """Rows of tensors as dicts ``{"x": x[i], "index": i, **extras}``; ``index`` is the global
-    example index used to key per-example noise (core.noise)."""
+    example index used to key per-example noise (core.utils.noise)."""
 
     def __init__(self, x: torch.Tensor, **extras: torch.Tensor) -> None:
         for name, t in extras.items():

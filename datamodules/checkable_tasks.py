@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from core.checkable_tasks import make_task
+from core.tasks.checkable import make_task
 from datamodules.base import IndexedTensorDataset, TensorDataModule, collate_rows
 
 
 class CheckableTaskDataModule(TensorDataModule):
-    """``task``: a core.checkable_tasks spec, e.g. {name: arith, op: mul, a_digits: 3, b_digits: 1}.
+    """``task``: a core.tasks.checkable spec, e.g. {name: arith, op: mul, a_digits: 3, b_digits: 1}.
     ``n_train`` problems are drawn (with repeats, the split may be small) from the train split with seed
     ``seed``, ``n_val`` more for validation, and ``n_test`` held-out problems with seed ``seed + 1``."""
 

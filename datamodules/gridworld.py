@@ -1,15 +1,15 @@
-"""``GridWorldDataModule``: out-and-back trajectories on random coloured maps (core/gridworld.py).
+"""``GridWorldDataModule``: out-and-back trajectories on random coloured maps (core/tasks/gridworld.py).
 
 Every example is one trajectory on its own map: ``x`` = views (T+1, v*v) long, plus poses, actions,
-revealed-tile masks, tile ages and the memory retrieval indices (core/memory_bank.py), which depend
+revealed-tile masks, tile ages and the memory retrieval indices (core/world_model/memory_bank.py), which depend
 on poses only. Train / val / test trajectories live on disjoint maps."""
 
 from __future__ import annotations
 
 import torch
 
-from core.gridworld import make_trajectory, random_map
-from core.memory_bank import retrieval_indices
+from core.tasks.gridworld import make_trajectory, random_map
+from core.world_model.memory_bank import retrieval_indices
 from datamodules.base import IndexedTensorDataset, TensorDataModule
 
 

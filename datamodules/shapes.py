@@ -1,8 +1,8 @@
 """Shapes-GenEval scenes with captions: procedurally rendered RGB images of 1-4 coloured shapes,
-deterministic from a seed, for text-to-image training (core/shapes has the grammar, renderer and
+deterministic from a seed, for text-to-image training (core/tasks/shapes has the grammar, renderer and
 evaluator).
 
-Splits: the training scenes never contain a held-out combination (core.shapes.prompts:
+Splits: the training scenes never contain a held-out combination (core.tasks.shapes.prompts:
 HELDOUT_PAIRS / HELDOUT_COUNTS / HELDOUT_RELATIONS: no green circle is ever drawn, no four
 diamonds, no triangle captioned above a circle); validation and test scenes come from the full
 distribution and carry a ``heldout`` flag, so compositional generalisation can be measured.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.shapes.grammar import COLORS, SHAPES, Tokenizer
-from core.shapes.prompts import HELDOUT_PAIRS, sample_training_metadata
-from core.shapes.render import render_batch, sample_scene
+from core.tasks.shapes.grammar import COLORS, SHAPES, Tokenizer
+from core.tasks.shapes.prompts import HELDOUT_PAIRS, sample_training_metadata
+from core.tasks.shapes.render import render_batch, sample_scene
 from datamodules.base import IndexedTensorDataset, TensorDataModule
 
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.synthetic_tissue import TissueModel
+from core.tasks.synthetic_tissue import TissueModel
 from datamodules.spatial_io import (
     Slide,
     SpatialDataError,

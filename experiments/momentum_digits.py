@@ -1,5 +1,5 @@
 """``momentum_digits``: VSMD vs CLD vs VP on 8x8 sklearn digits (MNIST by config) at low NFE, measured
-by the Frechet distance on the suite's in-suite digit features (core.features). The issue names no
+by the Frechet distance on the suite's in-suite digit features (core.eval.features). The issue names no
 claim for this experiment; the claims function writes the process x NFE table and checks one
 directional statement, that VSMD's distance is below VP's at the lowest swept NFE."""
 

@@ -25,10 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from core.ais import GeometricPath, QuadraticTiltPath, annealed_importance_sampling  # noqa: E402
-from core.logmeanexp import summarize_log_weights  # noqa: E402
-from core.rds import ExactMixtureScore, SNISScore, ULAPosteriorScore, reverse_diffusion_log_z  # noqa: E402
-from core.targets import CountedTarget, Funnel, GaussianMixture, Target, four_mode_gmm  # noqa: E402
+from core.estimators.ais import GeometricPath, QuadraticTiltPath, annealed_importance_sampling  # noqa: E402
+from core.estimators.logmeanexp import summarize_log_weights  # noqa: E402
+from core.estimators.rds import ExactMixtureScore, SNISScore, ULAPosteriorScore, reverse_diffusion_log_z  # noqa: E402
+from core.estimators.densities import CountedTarget, Funnel, GaussianMixture, Target, four_mode_gmm  # noqa: E402
 from suite.results import Claim, VariantResult  # noqa: E402
 
 ESTIMATORS = ("ais_quadratic", "ais_geometric", "rds_snis", "rds_ula", "rds_oracle_score")
@@ -376,8 +376,8 @@ def run_gaussian_dims(
     for reverse diffusion with EXACT scores (oracle reference, so that score error does not confound
     the d-scaling; each score evaluation counts as one oracle call). Fitted log-log exponents, and
     the exponent in d of the paper's bound d beta^2 A^2 / eps^4 with A the path's action."""
-    from core.ais import gaussian_path_action
-    from core.targets import gaussian
+    from core.estimators.ais import gaussian_path_action
+    from core.estimators.densities import gaussian
 
     dims = [int(d) for d in (dims or [2, 4, 8, 16, 32])]
     ais_levels = [int(v) for v in (ais_levels or [2**k for k in range(4, 15)])]

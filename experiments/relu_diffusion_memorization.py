@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from core.memorization import detection_auroc
+from core.eval.memorization import detection_auroc
 from experiments.dae_memorization import n_train_of
 from suite.results import Claim, VariantResult
 

@@ -1,12 +1,12 @@
 """``ridge_mixture``: random-feature scores on K modes; reach-align-slide and inter-mode generation.
 
 One variant = one (width p, flow time tau) of the random-feature posterior-mean model of
-core.score_models, trained in closed form (gradient flow A(tau) on Monte-Carlo feature moments) or
+core.ridge.score_models, trained in closed form (gradient flow A(tau) on Monte-Carlo feature moments) or
 by SGD, then sampled by Euler-Maruyama on the reverse OU SDE over a geometric grid T -> t_min
 (METHODS.md sec. 1). Metrics (``test/...``): near-mode and inter-mode fractions of the final
 samples, median normal offset from the ridge (SCMS projection) at the ridge time t_r (the smallest
 time where the Hessian's relative eigengap at d* is >= min_eigengap at the modes; reported with that
-gap), and the reach / align / slide times of core.phases on the drift part of each step.
+gap), and the reach / align / slide times of core.ridge.phases on the drift part of each step.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from callbacks.ridge import (
     plot_series,
     ridge_time_by_eigengap,
 )
-from core.processes import OU
-from core.samplers import euler_maruyama, reverse_sde, time_grid
-from core.score_models import RandomFeatureScore, train_rf_sgd
+from core.diffusion.processes import OU
+from core.diffusion.solvers import euler_maruyama, reverse_sde, time_grid
+from core.ridge.score_models import RandomFeatureScore, train_rf_sgd
 from datamodules.ridge_mixture import RidgeMixtureDataModule
 from suite.results import Claim, VariantResult
 

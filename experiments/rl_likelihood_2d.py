@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from core.nfe import EvalCounter  # noqa: E402
-from core.rl import elbo, elbo_draws, ode_rollout, per_step_logprob, rollout_times, sde_rollout  # noqa: E402
+from core.utils.nfe import EvalCounter  # noqa: E402
+from core.rl.objectives import elbo, elbo_draws, ode_rollout, per_step_logprob, rollout_times, sde_rollout  # noqa: E402
 from datamodules.toy2d import sample_toy2d  # noqa: E402
 from modules.nets.mlp import TimeMLP  # noqa: E402
 from suite.results import Claim, VariantResult  # noqa: E402

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from core.hessian import critical_sharpness
-from core.ivon import IVON
+from core.optim.hessian import critical_sharpness
+from core.optim.ivon import IVON
 from modules.eos import ProductModel
 from suite.results import Claim, VariantResult
 

@@ -7,8 +7,8 @@ import math
 import lightning as L
 import torch
 
-from core.nfe import EvalCounter
-from core.noise import example_normal, example_uniform
+from core.utils.nfe import EvalCounter
+from core.utils.noise import example_normal, example_uniform
 
 
 class GenLabModule(L.LightningModule):
@@ -17,7 +17,7 @@ class GenLabModule(L.LightningModule):
     * ``noise_seed``: set by run.py from ``seed``; noise drawn through :meth:`example_normal` and
       :meth:`example_uniform` is a function of (noise_seed, global_step, example index, stream)
       only, so a global batch gets identical noise on 1 or N processes and after a resume.
-    * ``nfe``: the suite's one :class:`~core.nfe.EvalCounter` for this module's network evaluations.
+    * ``nfe``: the suite's one :class:`~core.utils.nfe.EvalCounter` for this module's network evaluations.
     """
 
     noise_seed: int = 0

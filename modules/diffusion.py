@@ -1,20 +1,20 @@
 """Score-based diffusion on vectors: the module of the first experiment, ``diffusion_2d``.
 
-Training minimises the denoising loss E_t E_eps w(t) |net(x_t, t) - target|^2 of core.losses with
-x_t = a_t x0 + sigma_t eps (t = 0 is data), noise and times keyed per example (core.noise).
+Training minimises the denoising loss E_t E_eps w(t) |net(x_t, t) - target|^2 of core.diffusion.losses with
+x_t = a_t x0 + sigma_t eps (t = 0 is data), noise and times keyed per example (core.utils.noise).
 Sampling integrates the reverse SDE (Euler-Maruyama) or the probability-flow ODE (Euler / Heun)
-from the prior at T down to t_min (core.samplers).
+from the prior at T down to t_min (core.diffusion.solvers).
 """
 
 from __future__ import annotations
 
 import torch
 
-from core.losses import denoising_loss, sample_times
-from core.metrics import sliced_w2
-from core.parametrization import check_target, to_score
-from core.processes import make_process
-from core.samplers import SampleResult, sample_process
+from core.diffusion.losses import denoising_loss, sample_times
+from core.eval.distances import sliced_w2
+from core.diffusion.parametrization import check_target, to_score
+from core.diffusion.processes import make_process
+from core.diffusion.solvers import SampleResult, sample_process
 from modules.base import GenLabModule
 from modules.nets.mlp import TimeMLP
 
@@ -24,9 +24,9 @@ class Diffusion(GenLabModule):
 
     Args:
         dim: data dimension.
-        process: ``vp`` | ``ou`` | ``ve`` | ``linear`` (core.processes).
+        process: ``vp`` | ``ou`` | ``ve`` | ``linear`` (core.diffusion.processes).
         target: what the network predicts: ``eps`` | ``x0`` | ``score`` | ``velocity``.
-        loss_weight: ``none`` | ``snr`` | ``sigma_sq`` | ``inv_sigma_sq`` (core.losses).
+        loss_weight: ``none`` | ``snr`` | ``sigma_sq`` | ``inv_sigma_sq`` (core.diffusion.losses).
         hidden, depth, time_dim: network size.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 10%.
         sample_steps, sampler, time_grid: generation settings (sampler ``em`` | ``euler`` | ``heun``).
@@ -120,7 +120,7 @@ class Diffusion(GenLabModule):
 
     # -- generation -----------------------------------------------------------------------------
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """grad log p_t(x) implied by the network output (core.parametrization)."""
+        """grad log p_t(x) implied by the network output (core.diffusion.parametrization)."""
         return to_score(self.hparams.target, self.process, self.net(x, t), x, t)
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ transitions, one ratio per step as FlowGRPO) or ``elbo`` (ELBO_theta(x0) - ELBO_
 final sample only, on shared (t, eps) draws). An optional KL to the frozen reference (``kl_coef``):
 per_step: the analytic Gaussian KL of the transitions |mu_theta - mu_ref|^2 / (2 std^2); elbo and
 nft: 0.5 |v_theta - v_ref|^2 on the same noised final samples the estimator already evaluates.
-The math lives in core/rl.py; this file composes it with the networks and the evaluator.
+The math lives in core/rl/objectives.py; this file composes it with the networks and the evaluator.
 
 Compute accounting: every forward pass of the policy, old-policy and reference networks made in
 training is charged to ``self.nfe`` (the suite's EvalCounter) by a forward hook on the networks, so
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.rl import (
+from core.rl.objectives import (
     Trajectory,
     elbo,
     elbo_draws,
@@ -52,8 +52,8 @@ from core.rl import (
     rollout_times,
     sde_rollout,
 )
-from core.shapes import evaluate, load_eval_prompts, sample_training_metadata
-from core.shapes.grammar import caption
+from core.tasks.shapes import evaluate, load_eval_prompts, sample_training_metadata
+from core.tasks.shapes.grammar import caption
 from modules.base import GenLabModule
 from modules.t2i import TextToImage, cfg_velocity
 
@@ -104,7 +104,7 @@ def load_base(path: str) -> TextToImage:
 
 
 def training_prompt_pool(n: int, seed: int = 0) -> list[dict]:
-    """``n`` training captions (core.shapes' training distribution, no held-out combinations) whose
+    """``n`` training captions (core.tasks.shapes' training distribution, no held-out combinations) whose
     prompt strings are not in the evaluation set eval_prompts.jsonl, so RL never sees an eval prompt."""
     eval_captions = {p["prompt"] for p in load_eval_prompts()}
     rng = np.random.default_rng([seed, 11])
@@ -446,7 +446,7 @@ class DiffusionRL(GenLabModule):
                guidance: float | None = None, num_steps: int | None = None):
         """Images (n, 3, H, W) in [-1, 1] of the policy (``net="reference"``: the base model) for
         ``captions`` (default: prompts of the training pool), with the rollouts' guidance and step
-        count, by the deterministic ODE unless ``sampler="sde"``; a core.rl.Trajectory when asked."""
+        count, by the deterministic ODE unless ``sampler="sde"``; a core.rl.objectives.Trajectory when asked."""
         captions = captions or [self.pool[i % len(self.pool)]["prompt"] for i in range(n)]
         if len(captions) != n:
             raise ValueError(f"sample: {len(captions)} captions for n={n}")

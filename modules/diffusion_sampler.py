@@ -6,7 +6,7 @@ D_theta(x, t) predicts the posterior mean E[X_0 | X_t = x] of the OU forward pro
 h_t = 1 - e^{-2t}.
 
 Training is by SELF-CONSISTENCY, not on target samples (a normalizing-constant problem has none):
-each step runs the current reverse process (:func:`core.rds.reverse_diffusion_log_z`'s integrator,
+each step runs the current reverse process (:func:`core.estimators.rds.reverse_diffusion_log_z`'s integrator,
 no gradient) from N(0, h_T I), picks ``train_points`` visited (y, t) pairs, and regresses D_theta
 on the training-free self-normalised importance-sampling estimate of E[X_0 | y] (M proposals from
 N(e^t y, (e^{2t} - 1) I), weights e^{-V}); loss = mean e^{-2t} / h_t |D_theta - m_hat|^2, i.e. the
@@ -24,10 +24,10 @@ import math
 
 import torch
 
-from core.logmeanexp import summarize_log_weights
-from core.nfe import EvalCounter
-from core.rds import SNISScore, forward_time_grid, reverse_diffusion_log_z
-from core.targets import CountedTarget, GaussianMixture, make_target
+from core.estimators.logmeanexp import summarize_log_weights
+from core.utils.nfe import EvalCounter
+from core.estimators.rds import SNISScore, forward_time_grid, reverse_diffusion_log_z
+from core.estimators.densities import CountedTarget, GaussianMixture, make_target
 from modules.base import GenLabModule
 from modules.nets.mlp import TimeMLP
 

@@ -1,7 +1,7 @@
 """Real diffusion LLMs (LLaDA, Dream) behind the suite's search interface, through ``transformers``.
 
 ``HFMaskedLM`` turns a Hugging Face masked LM into ``model_fn(tokens (B, L) long, t (B,)) -> logits
-(B, L, V)`` on CPU tensors, the interface of core.masked_diffusion's decoders and core.search (Prism,
+(B, L, V)`` on CPU tensors, the interface of core.diffusion.masked's decoders and core.search.prism (Prism,
 best-of-N, self-verification). LLaDA predicts the token at every [MASK] position; Dream was initialised
 from an autoregressive LM and predicts position i from position i - 1's output, so its logits are shifted
 right by one (``shift=True``, as Dream's own sampler does). Neither model reads t: the mask ratio is dropped.
@@ -58,7 +58,7 @@ class HFMaskedLM:
 
 @dataclass
 class TextSearchTask:
-    """Token-level pieces of a free-text task for core.search (ids from the model's tokenizer)."""
+    """Token-level pieces of a free-text task for core.search.prism (ids from the model's tokenizer)."""
 
     mask_id: int
     yes_id: int

@@ -3,7 +3,7 @@
 Training has two stages in one run: for the first ``vae_steps`` steps the VAE (modules/nets/vae.py)
 minimises its negative ELBO; then it is frozen, the whole training set is encoded once (posterior
 means, standardised by their mean and one global scale so the geometry stays isotropic), and the
-score network m(z, t) ~ a_t E[z0 | z_t] (core.score_models.PosteriorMeanMLP; score = (m - z)/h_t)
+score network m(z, t) ~ a_t E[z0 | z_t] (core.ridge.score_models.PosteriorMeanMLP; score = (m - z)/h_t)
 minimises the DSM loss on the OU process weighted by 1/h_t:
 
     L = E_t E_{z0, eps} |m(a_t z0 + sqrt(h_t) eps, t) - a_t z0|^2 / h_t   (= h_t |s - grad log q|^2).
@@ -20,9 +20,9 @@ import math
 
 import torch
 
-from core.processes import OU
-from core.samplers import SampleResult, sample_process
-from core.score_models import TIME_SAMPLINGS, PosteriorMeanMLP
+from core.diffusion.processes import OU
+from core.diffusion.solvers import SampleResult, sample_process
+from core.ridge.score_models import TIME_SAMPLINGS, PosteriorMeanMLP
 from modules.base import GenLabModule
 from modules.nets.vae import VAE
 
@@ -186,7 +186,7 @@ class LatentDiffusion(GenLabModule):
     @torch.no_grad()
     def on_test_epoch_end(self) -> None:
         """Latent ridge comparison (ridge_d_star > 0): the median normalised normal score
-        |E E^T s| / |s| of the ridge of the training latents (core.ridge, d* = ridge_d_star) at three
+        |E E^T s| / |s| of the ridge of the training latents (core.ridge.geometry, d* = ridge_d_star) at three
         point sets: diffusion samples, a Gaussian fitted to the training latents, and held-out
         encoded test data; plus nearest-neighbour distances to the training latents (memorisation
         context) and a decoded grid of samples ordered by that ridge distance."""
@@ -195,7 +195,7 @@ class LatentDiffusion(GenLabModule):
         h = self.hparams
         if h.ridge_d_star <= 0 or heldout_x is None or not self.trainer.is_global_zero:
             return
-        from core.ridge import nearest_neighbour_spacing, ridge_geometry, time_for_noise_to_signal
+        from core.ridge.geometry import nearest_neighbour_spacing, ridge_geometry, time_for_noise_to_signal
 
         train = self.ridge_reference().double()
         spacing = nearest_neighbour_spacing(train)

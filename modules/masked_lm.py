@@ -2,14 +2,14 @@
 and to verify its own answers, evaluated by test-time search (Prism, Bai et al., arXiv 2602.01842).
 
 Training (``training_step``), per global batch of training problems:
-* the MDLM generation loss on the answer slots (core.self_verification.generation_loss); per-example times
+* the MDLM generation loss on the answer slots (core.search.self_verification.generation_loss); per-example times
   and masks are keyed by (seed, step, example index), so 1 and N processes draw the same ones;
 * ``verify_weight`` x the verification loss on ``verify_frac`` x batch labelled candidates: near-miss
   corruptions of the right answer and, from ``own_from`` x (round-1 steps) on, the model's *own*
   completions (a pool of ``own_pool`` redrawn every ``own_refresh`` steps, kept in the checkpoint);
 * the last ``verify_steps`` steps of ``trainer.max_steps`` are the second round: whole batches of
   verification examples at ``verify_lr`` x lr, with the generation loss unless ``round2_gen`` is False.
-Testing (``test_step``): every search method of core.search_eval on the held-out problems, NFE counted
+Testing (``test_step``): every search method of core.search.evaluate on the held-out problems, NFE counted
 with verification passes; ``on_test_epoch_end`` logs accuracies, NFE, CIs and self-verification AUROCs and
 leaves the accuracy-vs-NFE rows in ``search_rows`` (callbacks.accuracy_vs_nfe plots them).
 Search and tasks run on CPU tensors; ``model_fn`` moves tokens to the net's device and logits back. Under DDP
@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from core.checkable_tasks import make_task
-from core.masked_diffusion import MaskedDiffusion, confidence_decode
-from core.search import SelfVerifier, auroc
-from core.search_eval import BatchResult, SearchConfig, evaluate_problems, summarize
-from core.self_verification import generation_loss, own_samples, verification_loss
+from core.tasks.checkable import make_task
+from core.diffusion.masked import MaskedDiffusion, confidence_decode
+from core.search.prism import SelfVerifier, auroc
+from core.search.evaluate import BatchResult, SearchConfig, evaluate_problems, summarize
+from core.search.self_verification import generation_loss, own_samples, verification_loss
 from modules.base import GenLabModule
 from modules.nets.masked_transformer import MaskedTransformer
 
@@ -55,8 +55,8 @@ class MaskedDiffusionLM(GenLabModule):
         round2_gen: bool = True,
         search: dict | None = None,
     ) -> None:
-        """``task``: a core.checkable_tasks spec; ``structure``: the task's position groups (Sudoku's rows,
-        columns, boxes) feed group embeddings; ``search``: core.search_eval.SearchConfig fields (its
+        """``task``: a core.tasks.checkable spec; ``structure``: the task's position groups (Sudoku's rows,
+        columns, boxes) feed group embeddings; ``search``: core.search.evaluate.SearchConfig fields (its
         ``temperature`` is also the temperature of the model's own training samples)."""
         super().__init__()
         self.save_hyperparameters()

@@ -1,8 +1,8 @@
-"""Momentum diffusion: one module for VP, CLD, VSDM and VSMD (core/phase_space.py holds the math and
+"""Momentum diffusion: one module for VP, CLD, VSDM and VSMD (core/diffusion/phase_space.py holds the math and
 the list of our VSMD reconstruction choices).
 
 Training (t uniform on a grid of ``time_grid_size`` points in [t_min, T] whose kernels are cached
-until A changes; noise keyed per example by core.noise):
+until A changes; noise keyed per example by core.utils.noise):
 
 * order-1 processes (vp, vsdm): denoising score matching with the eps-parametrisation,
   |eps_theta(x_t, t) - eps|^2, score = -U diag(1/L_t) U^T eps_theta;
@@ -12,7 +12,7 @@ until A changes; noise keyed per example by core.noise):
 * learned processes (vsdm, vsmd): every ``a_every`` steps between ``a_start`` and
   ``a_stop_frac * max_steps``, ``a_traj`` backward trajectories (splitting sampler, ``a_steps``
   steps, started from the *reference* prior of the A = 0 process, i.e. the SB terminal constraint)
-  drive one Adam step (``a_lr``) on core.phase_space.variational_objective. Logged:
+  drive one Adam step (``a_lr``) on core.diffusion.phase_space.variational_objective. Logged:
   ``train/a_objective`` (the objective), ``train/a_shift`` = |A - A_0|_F, ``train/lam_min|max``.
 
 Generation: prior draw at T (x0-free part of the kernel) and ``sample_nfe`` score evaluations with
@@ -21,10 +21,10 @@ one of the process's samplers. Test: for each candidate (sampler, grid) of the p
 a uniform or quadratic grid) the one with the best validation metric is used on the test set, so
 no process is judged by a poor sampler. The task decides the metric: ``shapes`` (sliced W2, MMD,
 transport cost of PF-ODE paths), ``forecast`` (CRPS of conditional samples), ``images``
-(Frechet distance on in-suite features, core.features).
+(Frechet distance on in-suite features, core.eval.features).
 
 Modelling choices that are ours (VSMD has no public code; the process-level ones, 1-6, are listed in
-core/phase_space.py's docstring):
+core/diffusion/phase_space.py's docstring):
 
 7. Loss: unweighted eps-MSE over t uniform in [t_min, T] for every process (no likelihood weighting),
    the same TimeMLP for all processes (input (x, v) for order 2, x for order 1, plus ``cond``).
@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import torch
 
-from core.crps import crps_samples
-from core.features import extract_features, frechet_distance, train_feature_net
-from core.metrics import mmd_rbf, sliced_w2
-from core.momentum_samplers import data_part, sample_phase_space, splitting_sampler, steps_for_nfe
-from core.phase_space import make_phase_space_process, variational_objective
-from core.samplers import SampleResult, time_grid
-from core.transport import transport_cost
+from core.eval.crps import crps_samples
+from core.eval.features import extract_features, frechet_distance, train_feature_net
+from core.eval.distances import mmd_rbf, sliced_w2
+from core.diffusion.phase_space_solvers import data_part, sample_phase_space, splitting_sampler, steps_for_nfe
+from core.diffusion.phase_space import make_phase_space_process, variational_objective
+from core.diffusion.solvers import SampleResult, time_grid
+from core.eval.transport import transport_cost
 from modules.base import GenLabModule
 from modules.nets.mlp import TimeMLP
 
@@ -321,7 +321,7 @@ class MomentumDiffusion(GenLabModule):
 
     def _transport(self, nfe: int) -> float:
         """Transport cost of probability-flow paths (Heun for order 1, ODE splitting for order 2) at
-        equal NFE on a uniform grid, resampled on 100 common time points (core.transport)."""
+        equal NFE on a uniform grid, resampled on 100 common time points (core.eval.transport)."""
         method = "heun" if self.order == 1 else "split_ode"
         if method == "heun" and nfe % 2:
             return float("nan")

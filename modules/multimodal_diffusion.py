@@ -3,13 +3,13 @@ parts (time groups) carry their own times, here on mixed-type tables.
 
 The state is (numeric columns (B, n_num), categorical columns (B, n_cat)); numeric columns follow the
 VP process (eps-prediction MSE), categorical ones absorbing mask diffusion (weighted cross-entropy),
-and the loss is L_cont + lambda L_disc (core.multimodal). The columns are split into time groups, by
+and the loss is L_cont + lambda L_disc (core.diffusion.multimodal). The columns are split into time groups, by
 default {target column} and {all other columns}; training draws the groups' times independently
 (``time_mode=decoupled``; with probability ``p_condition`` one group sits at t = 0, with ``p_equal`` all
 share one time) or always equal (``time_mode=shared``: the shared-time baseline, same network).
 
 Test: a synthetic table as large as the training table is scored against the real one (shape, trend,
-C2ST, MLE, alpha-precision/beta-recall; core.tabular_metrics) next to two baselines (independent
+C2ST, MLE, alpha-precision/beta-recall; core.eval.tabular) next to two baselines (independent
 marginals, Gaussian copula), and the target column of held-out rows is imputed ``impute_samples``
 times per row: given the other columns at t = 0 (decoupled) or by replacement, re-noising the
 observed columns to the current time at every step (the fair way for a shared-time model).
@@ -25,11 +25,11 @@ import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
 from callbacks.media import log_table
-from core.masked_diffusion import MaskedDiffusion
-from core.multimodal import MultimodalProcess, Part
-from core.processes import VP
-from core.samplers import SampleResult
-from core.tabular_metrics import GaussianCopula, sample_marginals, tabular_metrics
+from core.diffusion.masked import MaskedDiffusion
+from core.diffusion.multimodal import MultimodalProcess, Part
+from core.diffusion.processes import VP
+from core.diffusion.solvers import SampleResult
+from core.eval.tabular import GaussianCopula, sample_marginals, tabular_metrics
 from modules.base import GenLabModule
 from modules.nets.tabular_dit import TabularDiT
 
@@ -77,7 +77,7 @@ class MultimodalDiffusion(GenLabModule):
         sample_steps: reverse steps (one network call each).
         eval_samples: synthetic rows for the metrics (0 = as many as training rows).
         impute_samples, impute_rows: imputations per held-out row, and how many rows (0 = all).
-        c2st_interactions: give the C2ST detector pairwise feature products (see core.tabular_metrics).
+        c2st_interactions: give the C2ST detector pairwise feature products (see core.eval.tabular).
     """
 
     def __init__(
@@ -235,7 +235,7 @@ class MultimodalDiffusion(GenLabModule):
     ) -> SampleResult:
         """``n`` rows in model space: x = (scaled numerics (n, n_num), codes (n, n_cat)). With
         ``generate`` (group indices) and ``given`` (rows whose other groups are kept) it samples a
-        conditional; ``replacement`` and noisy ``guidance`` as in core.multimodal."""
+        conditional; ``replacement`` and noisy ``guidance`` as in core.diffusion.multimodal."""
         was_training = self.training
         self.eval()
         try:

@@ -4,7 +4,7 @@ The state is (image (B, 3, S, S) in [-1, 1], caption tokens (B, L)); the image f
 process (the net predicts v, trained by v-MSE by default; the paper's eps-MSE is an option), the caption
 absorbing mask diffusion (weighted cross-entropy; the padding token is an ordinary token, so the
 caption's length is generated too), and the loss is L_img + lambda L_txt
-(core.multimodal). Training draws (t_img, t_txt) independently, with probability ``p_condition`` one of
+(core.diffusion.multimodal). Training draws (t_img, t_txt) independently, with probability ``p_condition`` one of
 them set to 0 (the conditionals) and with ``p_equal`` both equal (the joint path). One trained model then:
 
 * samples pairs jointly (both groups generated, equal times);
@@ -28,12 +28,12 @@ import time
 import torch
 
 from callbacks.media import log_images
-from core.masked_diffusion import MaskedDiffusion, confidence_decode
-from core.multimodal import MultimodalProcess, Part
-from core.processes import VP
-from core.samplers import SampleResult
-from core.shapes import evaluate, geneval_score, load_eval_prompts
-from core.shapes.grammar import COLORS, NUMBERS, PLURALS, RELATIONS, SHAPES, TAGS, Tokenizer, caption
+from core.diffusion.masked import MaskedDiffusion, confidence_decode
+from core.diffusion.multimodal import MultimodalProcess, Part
+from core.diffusion.processes import VP
+from core.diffusion.solvers import SampleResult
+from core.tasks.shapes import evaluate, geneval_score, load_eval_prompts
+from core.tasks.shapes.grammar import COLORS, NUMBERS, PLURALS, RELATIONS, SHAPES, TAGS, Tokenizer, caption
 from modules.base import GenLabModule
 from modules.nets.mmdit import MMDiT
 
@@ -61,7 +61,7 @@ def _noun_phrase(words: list[str], i: int) -> tuple[dict, int] | None:
 
 
 def parse_caption(text: str) -> dict | None:
-    """Caption -> GenEval metadata (the inverse of core.shapes.grammar.caption), or None when it is not a
+    """Caption -> GenEval metadata (the inverse of core.tasks.shapes.grammar.caption), or None when it is not a
     sentence of the grammar. Forms: NP; NP and NP; NP <relation> NP (both of count 1). A single NP of
     count n > 1 means exactly n (an exclude of n + 1, as in the counting prompts). Articles must agree
     ('an orange'): the parse is accepted only if the metadata's caption gives back the same words."""
@@ -165,9 +165,9 @@ class MultimodalTextImage(GenLabModule):
         lr, weight_decay, warmup_steps: AdamW with warm-up then cosine decay to 10%.
         sample_steps, text_steps: reverse steps for images / joint pairs, and for image -> text.
         text_decoder, text_temperature: image -> text by ``confidence`` (top-1 per step for text_steps =
-            max_len; core.masked_diffusion.confidence_decode) or ``ancestral`` (core.multimodal), and the
+            max_len; core.diffusion.masked.confidence_decode) or ``ancestral`` (core.diffusion.multimodal), and the
             token temperature of the confidence decoder (0 = greedy).
-        continuous_step, clip_x0: the image part's reverse step (core.multimodal) and x0 clipping.
+        continuous_step, clip_x0: the image part's reverse step (core.diffusion.multimodal) and x0 clipping.
         prediction: what the net's image head outputs, ``eps`` or ``v`` (see :meth:`forward`).
         image_loss: ``eps`` (the paper's eps-MSE) or ``v`` (||v_hat - v||^2 = eps-MSE / a_t^2, i.e. x0-MSE
             weighted 1 / sigma_t^2); see :meth:`compute_loss`.
@@ -343,7 +343,7 @@ class MultimodalTextImage(GenLabModule):
             self.train(was_training)
 
     def _caption_by_confidence(self, images: torch.Tensor, steps: int, generator, return_trajectory: bool):
-        """Image -> text with the suite's confidence decoder (core.masked_diffusion.confidence_decode:
+        """Image -> text with the suite's confidence decoder (core.diffusion.masked.confidence_decode:
         MaskGIT/LLaDA-style, the most confident masked tokens revealed first, greedy at temperature 0),
         the image held clean at t_img = 0; t_txt = the fraction of the caption still masked."""
         zeros = torch.zeros(len(images), device=self.device)

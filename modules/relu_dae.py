@@ -9,7 +9,7 @@ Memorising regime: tiny n and long full-batch training; generalising regime: lar
 
 Test-time measures (on_test_epoch_end): denoising loss on the training and held-out sets and their
 gap, the spread of the hidden representation of (noisy) training images, and the mean max cosine of
-the active encoder rows to the mean-centred training images (core.memorization).
+the active encoder rows to the mean-centred training images (core.eval.memorization).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.memorization import activation_spread, active_row_cosine
+from core.eval.memorization import activation_spread, active_row_cosine
 from modules.base import GenLabModule
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")

@@ -3,9 +3,9 @@
     h(x, sigma)      = relu(W (x - mu)) * exp(g(log sigma))        g: small MLP -> H gains
     x0_hat(x, sigma) = mu + W^T h + skip(sigma) (x - mu)           skip = sigmoid of one more MLP output
 
-VE noise x = x0 + sigma eps with sigma log-uniform in [sigma_min, sigma_max] = [0.02, 2] (core.processes.VE
+VE noise x = x0 + sigma eps with sigma log-uniform in [sigma_min, sigma_max] = [0.02, 2] (core.diffusion.processes.VE
 with t ~ U(0, 1)), x0-MSE loss. Generation: the probability-flow ODE on a geometric sigma grid (uniform
-in VE time, ``sample_steps`` = 60 Euler steps, core.samplers), started from N(mu, sigma_max^2 I) (sigma_max
+in VE time, ``sample_steps`` = 60 Euler steps, core.diffusion.solvers), started from N(mu, sigma_max^2 I) (sigma_max
 = 2 is not much larger than the digits' spread, so the prior is centred on the mean image), and a final
 denoising step x0_hat(x, sigma_min). ``mu`` is the training mean (a buffer set at fit start).
 
@@ -15,13 +15,13 @@ posterior mean does; copies of training images arise only through the ReLU gatin
 scale (3000 steps) we measured NN-ratio memorization rates of ~0.1-0.3 even at n = 2..5.
 
 ``sample(n, steering=Steering(v, alpha, sigma_start))`` adds alpha * v to relu(W (x - mu)) while
-sigma <= sigma_start (core.steering).
+sigma <= sigma_start (core.diffusion.steering).
 
 Test time (on_test_epoch_end, rank 0): ``eval_samples`` generations; their NN-ratio memorization rate
 against the training set; the detection score (coefficient of variation of the hidden representation
-of the lightly re-noised generation, core.memorization.activation_cv) with its AUROC and TPR@1%FPR
+of the lightly re-noised generation, core.eval.memorization.activation_cv) with its AUROC and TPR@1%FPR
 against the NN-ratio labels, saved to ``detection.pt`` in the run folder for the two-model comparison;
-and, when ``steering_alphas`` is set, the target-class rate and the FID-style distance (core.features)
+and, when ``steering_alphas`` is set, the target-class rate and the FID-style distance (core.eval.features)
 of steered generations per alpha.
 """
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.memorization import activation_cv, detection_auroc, memorized, nearest_neighbor_ratio, tpr_at_fpr
-from core.processes import VE
-from core.samplers import SampleResult, ode_euler, probability_flow, time_grid
-from core.steering import Steering
+from core.eval.memorization import activation_cv, detection_auroc, memorized, nearest_neighbor_ratio, tpr_at_fpr
+from core.diffusion.processes import VE
+from core.diffusion.solvers import SampleResult, ode_euler, probability_flow, time_grid
+from core.diffusion.steering import Steering
 from modules.base import GenLabModule
 
 
@@ -181,8 +181,8 @@ class ReLUDiffusion(GenLabModule):
         """Target-class rate and FID-style distance to held-out digits of steered generations per alpha,
         measured with the suite's MNIST feature network trained on the offline training split."""
         from callbacks.media import log_images
-        from core.features import class_rates, extract_features, frechet_distance, train_feature_net
-        from core.steering import concept_direction, steering_sweep
+        from core.eval.features import class_rates, extract_features, frechet_distance, train_feature_net
+        from core.diffusion.steering import concept_direction, steering_sweep
         from datamodules.mnist import downsample, load_mnist
 
         h, dm = self.hparams, self.trainer.datamodule

@@ -1,6 +1,6 @@
 """What Stem and its regression baseline share: image conditioning, target standardisation, and
-the held-out-slide evaluation (core/st_metrics.py; on synthetic tissue also the exact Bayes errors
-and the energy distance to the true conditional of core/synthetic_tissue.py).
+the held-out-slide evaluation (core/eval/spatial.py; on synthetic tissue also the exact Bayes errors
+and the energy distance to the true conditional of core/tasks/synthetic_tissue.py).
 
 Both modules read one ``module`` config: the shared arguments plus a ``stem`` section (the DiT and
 its diffusion) and a ``regression`` section (the MLP head). Each model checks and uses its own
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from core.st_metrics import energy_distance, point_prediction_metrics, relative_variation_distance
-from core.synthetic_tissue import conditional_moments, sample_conditional
+from core.eval.spatial import energy_distance, point_prediction_metrics, relative_variation_distance
+from core.tasks.synthetic_tissue import conditional_moments, sample_conditional
 from modules.base import GenLabModule
 from modules.nets.patch_encoder import PatchEncoder
 

@@ -3,7 +3,7 @@
 The target x_0 is the spot's expression y = log2(count + 1) over G panel genes, standardised per gene
 with the training slides' mean and std. A DiT over gene tokens (modules/nets/gene_dit.py), conditioned
 by adaLN-Zero on the diffusion step and an embedding of the spot's patch, predicts eps of the discrete
-linear-beta DDPM (1000 steps; core/discrete_ddpm.py):
+linear-beta DDPM (1000 steps; core/diffusion/discrete_ddpm.py):
 
     L_simple = E_{n, eps} |eps - eps_theta(sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps, n, c)|^2,
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from core.discrete_ddpm import LinearBetaDDPM, strided_ancestral_sample, vlb_term
-from core.samplers import SampleResult
+from core.diffusion.discrete_ddpm import LinearBetaDDPM, strided_ancestral_sample, vlb_term
+from core.diffusion.solvers import SampleResult
 from modules.nets.gene_dit import GeneDiT
 from modules.spatial_base import SpatialPredictor, section
 

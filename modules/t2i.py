@@ -1,11 +1,11 @@
 """Text-to-image conditional rectified flow on Shapes scenes (the base model of the RL experiments).
 
-Path (core.processes.LinearPath): x_t = (1 - t) x0 + t eps, t = 0 data, t = 1 noise; the network
+Path (core.diffusion.processes.LinearPath): x_t = (1 - t) x0 + t eps, t = 0 data, t = 1 noise; the network
 predicts the velocity v_theta(x_t, t, c) ~ eps - x0 with loss E |v_theta - (eps - x0)|^2
 (Liu et al. 2023; Lipman et al. 2023). Classifier-free guidance (Ho & Salimans 2022): captions
 are replaced by the empty caption with probability ``cond_drop`` in training, and sampling uses
 v = v(x, t, {}) + w (v(x, t, c) - v(x, t, {})) (w = 1: no guidance). Generation integrates
-dx/dt = v from t = 1 to 0 with core.samplers (Euler / Heun ODE, or Euler-Maruyama on the reverse
+dx/dt = v from t = 1 to 0 with core.diffusion.solvers (Euler / Heun ODE, or Euler-Maruyama on the reverse
 SDE of :meth:`TextToImage.sde_coefficients`).
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.processes import LinearPath
-from core.samplers import euler_maruyama, get_sampler, time_grid
-from core.shapes.grammar import Tokenizer, caption
-from core.shapes.prompts import sample_training_metadata
+from core.diffusion.processes import LinearPath
+from core.diffusion.solvers import euler_maruyama, get_sampler, time_grid
+from core.tasks.shapes.grammar import Tokenizer, caption
+from core.tasks.shapes.prompts import sample_training_metadata
 from modules.base import GenLabModule
 from modules.nets.cond_unet import CondUNet
 from modules.nets.text_encoder import CaptionEncoder
@@ -180,7 +180,7 @@ class TextToImage(GenLabModule):
         use_ema: bool = True,
     ):
         """Images (n, 3, H, W) in [-1, 1] for ``captions`` (default: n captions drawn from the
-        training grammar with the generator's seed). Returns a core.samplers.SampleResult when
+        training grammar with the generator's seed). Returns a core.diffusion.solvers.SampleResult when
         ``return_trajectory``, else the final images."""
         if captions is None:
             seed = int(torch.randint(2**31, (1,), generator=generator)) if generator is not None else 0

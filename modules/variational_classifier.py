@@ -11,7 +11,7 @@ IVON runs under Lightning's automatic optimisation: ``IVON.step(closure)`` evalu
 (training_step + backward) ``mc_samples`` times at sampled weights. With gradient accumulation
 (``trainer.accumulate_grad_batches = k``) the k - 1 micro-batches Lightning runs outside ``step`` are each
 wrapped here in ``sampled_params(train=True)`` (on_train_batch_start -> on_after_backward), so every
-micro-batch sees its own posterior sample and IVON sums them (core/ivon.py).
+micro-batch sees its own posterior sample and IVON sums them (core/optim/ivon.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from core.ivon import IVON
+from core.optim.ivon import IVON
 from modules.base import GenLabModule
 from modules.eos import make_mlp
 from modules.nets.vit import ViT

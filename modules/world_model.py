@@ -3,7 +3,7 @@
 Predicts the tokens of view t (v*v tile colours) given the action a_t and
 
 * ``context``: the last K views t-K..t-1;
-* ``memory``: + up to M past views retrieved from a pose-keyed bank (core/memory_bank.py; older
+* ``memory``: + up to M past views retrieved from a pose-keyed bank (core/world_model/memory_bank.py; older
   than the context, overlapping the target window; WorldMem-style attention over retrieved entries);
 * ``recurrent``: + S state tokens updated from every view in turn (a learned recurrent memory).
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.gridworld import map_statistics_guess, render_views
-from core.masked_diffusion import MaskedDiffusion, confidence_decode
+from core.tasks.gridworld import map_statistics_guess, render_views
+from core.diffusion.masked import MaskedDiffusion, confidence_decode
 from modules.base import GenLabModule
 
 VARIANTS = ("context", "memory", "recurrent")
@@ -289,7 +289,7 @@ class MaskedWorldModel(GenLabModule):
 
     def _log_strip(self, truth, gen, actions, ages, revealed) -> None:
         from callbacks.media import log_images
-        from core.gridworld import ACTION_NAMES
+        from core.tasks.gridworld import ACTION_NAMES
 
         if self._trainer is None:  # called outside a Trainer (unit tests): nothing to log to
             return

@@ -5,7 +5,7 @@ positional encoding (genes are a set, not a sequence). Every block is conditione
 c = TimeEmbed(n) + MLP(image embedding): the block's LayerNorms get a shift and scale and its
 residual branches a gate, all regressed from c by a linear layer initialised at zero, so each
 block starts as the identity. The final layer outputs eps per gene and, with ``learn_sigma``, a
-value v in [-1, 1] per gene that interpolates the log variance (core/discrete_ddpm.py).
+value v in [-1, 1] per gene that interpolates the log variance (core/diffusion/discrete_ddpm.py).
 """
 
 from __future__ import annotations

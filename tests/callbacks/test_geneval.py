@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from callbacks.geneval import GenEvalCallback, fid, subset_per_category, summarise
-from core.features import train_feature_net
-from core.shapes import load_eval_prompts, render_batch, sample_scene
+from core.eval.features import train_feature_net
+from core.tasks.shapes import load_eval_prompts, render_batch, sample_scene
 from datamodules.shapes import ShapesDataModule
 
 

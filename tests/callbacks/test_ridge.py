@@ -12,9 +12,9 @@ from callbacks.ridge import (
     ridge_time_by_eigengap,
     ridge_time_by_spacing,
 )
-from core.processes import OU
-from core.samplers import euler_maruyama, reverse_sde, time_grid
-from core.score_models import EmpiricalScore
+from core.diffusion.processes import OU
+from core.diffusion.solvers import euler_maruyama, reverse_sde, time_grid
+from core.ridge.score_models import EmpiricalScore
 
 THRESHOLDS = {"reach": 0.5, "align": 0.6, "slide": 0.6, "smooth": 3, "persist": 2}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from callbacks.sharpness import SharpnessCallback, optimizer_stability
-from core.hessian import critical_sharpness
-from core.ivon import IVON
+from core.optim.hessian import critical_sharpness
+from core.optim.ivon import IVON
 
 
 class TinyModule(torch.nn.Module):

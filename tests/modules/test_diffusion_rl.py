@@ -130,7 +130,7 @@ def test_check_design_accepts_the_study_combinations():
 
 
 def test_training_prompts_avoid_the_eval_set(base_ckpt):
-    from core.shapes import load_eval_prompts
+    from core.tasks.shapes import load_eval_prompts
 
     module = make(base_ckpt, prompt_pool=200)
     evals = {p["prompt"] for p in load_eval_prompts()}

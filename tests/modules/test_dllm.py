@@ -7,9 +7,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from core.masked_diffusion import confidence_decode  # noqa: E402
-from core.nfe import EvalCounter  # noqa: E402
-from core.search import PrismConfig, SelfVerifier, expected_prism_nfe, prism  # noqa: E402
+from core.diffusion.masked import confidence_decode  # noqa: E402
+from core.utils.nfe import EvalCounter  # noqa: E402
+from core.search.prism import PrismConfig, SelfVerifier, expected_prism_nfe, prism  # noqa: E402
 from modules.dllm import HFMaskedLM, TextSearchTask  # noqa: E402
 
 MASK, YES, NO = 4, 5, 6

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from callbacks.sharpness import SharpnessCallback
-from core.ivon import IVON
+from core.optim.ivon import IVON
 from datamodules.base import IndexedTensorDataset
 from modules.eos import FullBatchEoS, ProductModel
 

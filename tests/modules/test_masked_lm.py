@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from core.arith_task import MASK_ID, NO_ID, VOCAB, YES_ID, ArithTask
-from core.self_verification import own_samples, verification_loss
-from core.sudoku_task import SudokuTask
+from core.tasks.arith import MASK_ID, NO_ID, VOCAB, YES_ID, ArithTask
+from core.search.self_verification import own_samples, verification_loss
+from core.tasks.sudoku import SudokuTask
 from datamodules.checkable_tasks import CheckableTaskDataModule
 from modules.masked_lm import MaskedDiffusionLM
 from modules.nets.masked_transformer import MaskedTransformer

@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from core.shapes import render_batch, sample_scene, sample_training_metadata
-from core.shapes.grammar import COLORS, SHAPES, Tokenizer, caption
-from core.shapes.prompts import load_eval_prompts, single
+from core.tasks.shapes import render_batch, sample_scene, sample_training_metadata
+from core.tasks.shapes.grammar import COLORS, SHAPES, Tokenizer, caption
+from core.tasks.shapes.prompts import load_eval_prompts, single
 from experiments.multimodal_text_image import claims
 from modules.multimodal_text_image import (
     MultimodalTextImage,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.steering import Steering, concept_direction
+from core.diffusion.steering import Steering, concept_direction
 from modules.relu_dae import ReLUDAE
 from modules.relu_diffusion import ReLUDiffusion
 
@@ -108,7 +108,7 @@ def test_compute_loss_is_reproducible_with_a_generator():
 
 
 def test_steering_sweep_reports_class_rate_and_distance_per_alpha():
-    from core.steering import steering_sweep
+    from core.diffusion.steering import steering_sweep
 
     def sample(steering):  # alpha a: a fraction min(a, 1) of 10 samples lands in class 1
         k = int(round(10 * min(steering.alpha, 1.0)))

@@ -22,9 +22,16 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from callbacks.media import log_images, log_table
+from modules.media import log_images, log_table
 from core.eval.features import FeatureNet, train_feature_net
-from core.tasks.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
+from core.tasks.shapes import (
+    TAGS,
+    evaluate,
+    geneval_score,
+    ground_truth_images,
+    load_eval_prompts,
+    subset_per_category,
+)
 
 
 class ShapesFeatures(nn.Module):
@@ -36,18 +43,6 @@ class ShapesFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
-
-
-def subset_per_category(prompts: list[dict], k: int) -> list[dict]:
-    """The first k prompts of each category (all when k <= 0), in the file's order."""
-    if k <= 0:
-        return list(prompts)
-    out, seen = [], {t: 0 for t in TAGS}
-    for p in prompts:
-        if seen[p["tag"]] < k:
-            out.append(p)
-            seen[p["tag"]] += 1
-    return out
 
 
 class GenEvalCallback(L.Callback):

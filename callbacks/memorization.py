@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.media import log_figure, log_images
+from modules.media import log_figure, log_images
 from core.eval.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
 
 

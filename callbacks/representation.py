@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.media import log_images
+from modules.media import log_images
 from core.eval.memorization import activation_spread, active_row_cosine
 
 

@@ -28,10 +28,17 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from callbacks.geneval import fid, subset_per_category
-from callbacks.media import log_figure
+from callbacks.geneval import fid
 from core.eval.features import FeatureNet, train_feature_net
-from core.tasks.shapes import TAGS, evaluate, geneval_score, ground_truth_images, load_eval_prompts
+from core.tasks.shapes import (
+    TAGS,
+    evaluate,
+    geneval_score,
+    ground_truth_images,
+    load_eval_prompts,
+    subset_per_category,
+)
+from modules.media import log_figure
 
 _CACHE: dict[tuple, object] = {}  # feature nets and base-model scores, shared by a study's variants
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.media import log_figure, log_images
+from modules.media import log_figure, log_images
 
 
 class SamplesCallback(L.Callback):

@@ -13,7 +13,7 @@ training examples; the loss noise fixed by a seeded generator through ``compute_
   sharpness/hcrit_full        H_crit with |g|^2 = full gradient norm^2 averaged over the same window
   sharpness/n_hvp             Hessian-vector products used by this estimate (cost in ~2 gradient evals each)
 The model's parameters, ``.grad`` and train/eval mode are left as they are (tested). A plot of sharpness
-against steps with the thresholds goes through callbacks.media at the end of fit.
+against steps with the thresholds goes through modules.media at the end of fit.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ class SharpnessCallback(Callback):
     """See module docstring. every_n_steps: cadence; probe_size: examples in the fixed probe batch;
     rtol: Lanczos relative accuracy; window: measurements averaged for |g|^2 in H_crit;
     start_step: first step measured; precond: also measure lambda_max(P^-1 H) for adaptive optimisers."""
+
+    # its history is part of a module's saved GD trunk (modules.eos): restored with the weights
+    saved_with_trunk = True
 
     def __init__(self, every_n_steps: int = 50, probe_size: int = 1000, rtol: float = 1e-3,
                  max_iter: int = 100, window: int = 5, start_step: int = 0, probe_seed: int = 0,
@@ -245,7 +248,7 @@ class SharpnessCallback(Callback):
         ax.legend(fontsize=7)
         fig.tight_layout()
         try:
-            from callbacks.media import log_figure
+            from modules.media import log_figure
             log_figure(trainer, "sharpness/plot", fig)
         except ImportError:  # media helpers not available: save beside the logs
             import os

@@ -16,7 +16,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.media import log_figure
+from modules.media import log_figure
 
 
 class SpatialMapsCallback(L.Callback):

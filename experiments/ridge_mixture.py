@@ -19,15 +19,10 @@ from pathlib import Path
 
 import torch
 
-from callbacks.ridge import (
-    analyse_sampling,
-    final_sample_metrics,
-    plot_ridge_2d,
-    plot_series,
-    ridge_time_by_eigengap,
-)
 from core.diffusion.processes import OU
 from core.diffusion.solvers import euler_maruyama, reverse_sde, time_grid
+from core.ridge.analysis import analyse_sampling, final_sample_metrics, ridge_time_by_eigengap
+from core.ridge.figures import plot_ridge_2d, plot_series
 from core.ridge.score_models import RandomFeatureScore, train_rf_sgd
 from datamodules.ridge_mixture import RidgeMixtureDataModule
 from suite.results import Claim, VariantResult

@@ -162,8 +162,8 @@ class FullBatchEoS(GenLabModule):
         return Path(hp.trunk_dir) / f"trunk-{h.hexdigest()[:16]}.pt"
 
     def _sharpness_callbacks(self) -> list:
-        from callbacks.sharpness import SharpnessCallback
-        return [cb for cb in self.trainer.callbacks if isinstance(cb, SharpnessCallback)]
+        """The callbacks whose state belongs to the trunk (``saved_with_trunk``: the sharpness history)."""
+        return [cb for cb in self.trainer.callbacks if getattr(cb, "saved_with_trunk", False)]
 
     def on_train_start(self) -> None:
         """Continue from a saved GD trunk when one exists for this configuration (fresh fits only)."""

@@ -237,7 +237,7 @@ class LatentDiffusion(GenLabModule):
             )
             self.log(f"test/n_{name}", float(len(z)), rank_zero_only=True)
         if h.image_side > 0:
-            from callbacks.media import log_images
+            from modules.media import log_images
 
             order = torch.argsort(scores["diffusion"])[:64]
             imgs = self.decode(sets["diffusion"][order].float().to(self.device)).cpu()

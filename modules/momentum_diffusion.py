@@ -277,7 +277,7 @@ class MomentumDiffusion(GenLabModule):
         return swd, {"sliced_w2": swd, "mmd": mmd}, x
 
     def _log_media(self, x: torch.Tensor, ds, name: str) -> None:
-        """Sample figure (scatter vs test data, image grid, or forecast fans) through callbacks.media."""
+        """Sample figure (scatter vs test data, image grid, or forecast fans) through modules.media."""
         if self.trainer is None or not self.trainer.is_global_zero:
             return
         import matplotlib
@@ -285,7 +285,7 @@ class MomentumDiffusion(GenLabModule):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from callbacks.media import log_figure, log_images
+        from modules.media import log_figure, log_images
 
         task = self.hparams.task
         if task == "images":

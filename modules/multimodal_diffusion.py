@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
-from callbacks.media import log_table
+from modules.media import log_table
 from core.diffusion.masked import MaskedDiffusion
 from core.diffusion.multimodal import MultimodalProcess, Part
 from core.diffusion.processes import VP

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from callbacks.media import log_images
+from modules.media import log_images
 from core.diffusion.masked import MaskedDiffusion, confidence_decode
 from core.diffusion.multimodal import MultimodalProcess, Part
 from core.diffusion.processes import VP

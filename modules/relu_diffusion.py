@@ -180,7 +180,7 @@ class ReLUDiffusion(GenLabModule):
     def steering_report(self, heldout: torch.Tensor) -> dict[str, float]:
         """Target-class rate and FID-style distance to held-out digits of steered generations per alpha,
         measured with the suite's MNIST feature network trained on the offline training split."""
-        from callbacks.media import log_images
+        from modules.media import log_images
         from core.eval.features import class_rates, extract_features, frechet_distance, train_feature_net
         from core.diffusion.steering import concept_direction, steering_sweep
         from datamodules.mnist import downsample, load_mnist

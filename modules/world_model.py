@@ -288,7 +288,7 @@ class MaskedWorldModel(GenLabModule):
         return torch.stack(out, 1)
 
     def _log_strip(self, truth, gen, actions, ages, revealed) -> None:
-        from callbacks.media import log_images
+        from modules.media import log_images
         from core.tasks.gridworld import ACTION_NAMES
 
         if self._trainer is None:  # called outside a Trainer (unit tests): nothing to log to

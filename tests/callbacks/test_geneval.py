@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.geneval import GenEvalCallback, fid, subset_per_category, summarise
+from callbacks.geneval import GenEvalCallback, fid, summarise
 from core.eval.features import train_feature_net
-from core.tasks.shapes import load_eval_prompts, render_batch, sample_scene
+from core.tasks.shapes import load_eval_prompts, render_batch, sample_scene, subset_per_category
 from datamodules.shapes import ShapesDataModule
 
 

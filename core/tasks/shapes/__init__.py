@@ -4,7 +4,7 @@ evaluator.py and prompts.py."""
 
 from core.tasks.shapes.evaluator import Evaluation, detect, evaluate, geneval_score
 from core.tasks.shapes.grammar import COLORS, PALETTE, SHAPES, TAGS, Tokenizer, caption
-from core.tasks.shapes.prompts import load_eval_prompts, sample_training_metadata
+from core.tasks.shapes.prompts import load_eval_prompts, sample_training_metadata, subset_per_category
 from core.tasks.shapes.render import ground_truth_images, render_batch, render_scene, sample_scene
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "render_scene",
     "sample_scene",
     "sample_training_metadata",
+    "subset_per_category",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.tasks.shapes.grammar import COLORS, RELATIONS, SHAPES, caption
+from core.tasks.shapes.grammar import COLORS, RELATIONS, SHAPES, TAGS, caption
 
 # GenEval's 553 prompts: single 80, two objects 99, counting 80, colours 94, position 100,
 # colour attribution 100
@@ -134,6 +134,18 @@ def load_eval_prompts(path: str | Path = EVAL_PROMPTS_PATH, tags: list[str] | No
         if "include" not in r or "tag" not in r or "prompt" not in r:
             raise ValueError(f"{path}:{i + 1}: each line needs 'tag', 'prompt' and 'include'")
     return [r for r in rows if tags is None or r["tag"] in tags]
+
+
+def subset_per_category(prompts: list[dict], k: int) -> list[dict]:
+    """The first k prompts of each category (all when k <= 0), in the file's order."""
+    if k <= 0:
+        return list(prompts)
+    out, seen = [], {t: 0 for t in TAGS}
+    for p in prompts:
+        if seen[p["tag"]] < k:
+            out.append(p)
+            seen[p["tag"]] += 1
+    return out
 
 
 def sample_training_metadata(

@@ -1,5 +1,10 @@
-"""Media logging shared by callbacks: to W&B when a WandbLogger is attached, otherwise to files
-in the run's output folder (``trainer.default_root_dir``/media). Rank 0 only."""
+"""Media logging shared by modules and callbacks: to W&B when a WandbLogger is attached, otherwise
+to files in the run's output folder (``trainer.default_root_dir``/media). Rank 0 only.
+
+It lives at the modules level rather than in callbacks/ or suite/: it needs the Trainer and its
+loggers (so not core/), LightningModules log samples through it (so not callbacks/, which modules
+never import), and suite/ sits above modules. Callbacks, on the same level, import it from here.
+The pure image-grid making is core.utils.figures."""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import csv
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+
+from core.utils.figures import to_uint8_grid
 
 
 def _wandb(trainer: L.Trainer):
@@ -43,13 +49,6 @@ def log_figure(trainer: L.Trainer, key: str, fig) -> None:
             fig.savefig(media_dir(trainer) / _fname(key, trainer.global_step, "png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-
-def to_uint8_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (H', W', C) uint8 grid."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1))
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def log_images(trainer: L.Trainer, key: str, images: torch.Tensor, captions: list[str] | None = None,

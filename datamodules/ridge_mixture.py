@@ -1,4 +1,4 @@
-"""K Dirac or Gaussian modes in d dimensions (METHODS.md sec. 1; default: two Dirac modes at (+-3, 0)).
+"""K Dirac or Gaussian modes in d dimensions (docs/methods/ridge_phases.md; default: two Dirac modes at (+-3, 0)).
 
 The modes live in a 2-D (or len(mean)-D) subspace of R^d: means are zero-padded to ``dim`` and,
 with ``rotate=True``, turned by a random orthogonal matrix (seeded) so the subspace is generic.

@@ -1,5 +1,5 @@
 """``relu_diffusion_memorization``: the ReLU diffusion model at a small, an intermediate and a large n_train
-(arXiv 2512.20963, section 4 of METHODS.md). Variants ``small``, ``mid``, ``large`` (module.relu_diffusion
+(arXiv 2512.20963; docs/methods/relu_memorization.md). Variants ``small``, ``mid``, ``large`` (module.relu_diffusion
 measures each at test time).
 
 Claims:

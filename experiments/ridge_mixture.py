@@ -3,7 +3,7 @@
 One variant = one (width p, flow time tau) of the random-feature posterior-mean model of
 core.ridge.score_models, trained in closed form (gradient flow A(tau) on Monte-Carlo feature moments) or
 by SGD, then sampled by Euler-Maruyama on the reverse OU SDE over a geometric grid T -> t_min
-(METHODS.md sec. 1). Metrics (``test/...``): near-mode and inter-mode fractions of the final
+(docs/methods/ridge_phases.md). Metrics (``test/...``): near-mode and inter-mode fractions of the final
 samples, median normal offset from the ridge (SCMS projection) at the ridge time t_r (the smallest
 time where the Hessian's relative eigengap at d* is >= min_eigengap at the modes; reported with that
 gap), and the reach / align / slide times of core.ridge.phases on the drift part of each step.

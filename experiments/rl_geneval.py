@@ -1,4 +1,4 @@
-"""Claims of ``rl_geneval`` (METHODS.md section 2; issue 11): RL fine-tuning of the Shapes
+"""Claims of ``rl_geneval`` (docs/methods/rl_elbo.md; issue 11): RL fine-tuning of the Shapes
 text-to-image flow at one NFE budget per variant, scored by the strict GenEval of all held-out
 evaluation prompts (callbacks/rl_watch.py's ``test/geneval``, at the end of each run).
 

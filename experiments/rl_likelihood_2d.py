@@ -1,4 +1,4 @@
-"""``rl_likelihood_2d``: per-step vs ELBO log-ratio estimates against the exact log-ratio (issue 11, METHODS.md s.2).
+"""``rl_likelihood_2d``: per-step vs ELBO log-ratio estimates vs the exact one (issue 11; docs/methods/rl_elbo.md).
 
 A ``job:`` experiment. A small rectified-flow velocity MLP is trained on a 2-D dataset (the OLD
 policy); the NEW policy is that model after a few steps of reward-weighted flow matching toward a

@@ -1,10 +1,10 @@
-"""Claims of ``vl_eos_mlp`` (METHODS.md section 6): GD sits at 2/lr; variational GD settles flatter,
+"""Claims of ``vl_eos_mlp`` (docs/methods/eos_variational.md): GD sits at 2/lr; variational GD settles flatter,
 the more so with larger posterior variance sigma^2 and fewer MC samples N_s, below its H_crit.
 
 Every number is a late-training mean of the SharpnessCallback's measurements (the last 20% of steps,
 ``sharpness/late_*`` in each variant's metrics), averaged over seeds; spreads are standard errors over
 seeds. H_crit uses |g|^2 averaged over the same late window, projected on the top Hessian eigenvector
-(METHODS.md's choice) and, for comparison, the full gradient norm.
+(the choice of docs/methods/eos_variational.md) and, for comparison, the full gradient norm.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``vl_eos_toy``: GD and variational GD on L = (prod_i w_i - y)^2 / 2 (METHODS.md section 6).
+"""``vl_eos_toy``: GD and variational GD on L = (prod_i w_i - y)^2 / 2 (docs/methods/eos_variational.md).
 
 The two-parameter model L = (u v - y)^2 / 2 (and a depth-3 scalar deep linear network) has a curve of
 minima u v = y whose sharpness u^2 + v^2 changes along it. GD with 2/lr below the sharpness of the

@@ -1,5 +1,5 @@
 """Claims of ``vl_vit``: IVON's posterior predictive is better calibrated than AdamW's predictions
-(METHODS.md section 6; the ViT experiments of the paper, here on 4000 offline MNIST digits).
+(docs/methods/eos_variational.md; the ViT experiments of the paper, here on 4000 offline MNIST digits).
 
 Compared on the held-out test split: IVON's posterior-predictive NLL and ECE (``test/pp_nll``,
 ``test/pp_ece``; ``eval_samples`` posterior samples) against AdamW's (a point estimate: pp = mean).

@@ -1,4 +1,4 @@
-"""Claims of ``world_model_grid`` (METHODS.md section 5; issue 14).
+"""Claims of ``world_model_grid`` (docs/methods/world_model_memory.md; issue 14).
 
 All accuracies count only the tiles a move newly reveals; "far" revisits are tiles whose map cell was
 last seen more than K (the context length) steps earlier, so they are outside the context window.

@@ -1,6 +1,6 @@
 """Full-batch edge-of-stability training: GD and variational GD (IVON with b1 = 0, b2 = 1).
 
-METHODS.md section 6. ``FullBatchEoS`` trains an MLP on a fixed training set with one full batch per
+docs/methods/eos_variational.md. ``FullBatchEoS`` trains an MLP on a fixed training set with one full batch per
 step. ``optimizer='gd'`` is plain gradient descent; ``optimizer='vgd'`` runs ``switch_step`` GD steps and
 then variational GD: m <- m - lr mean_s grad L(m + eps_s), eps_s ~ N(0, sigma_sq I), s = 1..mc_samples,
 which is IVON with beta1 = 0, beta2 = 1 (frozen h = 1 / sigma_sq), ess = 1 and no weight decay. Starting

@@ -1,4 +1,4 @@
-"""Latent diffusion: a VAE, then a score network on its (standardised) latents (METHODS.md sec. 1).
+"""Latent diffusion: a VAE, then a score network on its (standardised) latents (docs/methods/ridge_phases.md).
 
 Training has two stages in one run: for the first ``vae_steps`` steps the VAE (modules/nets/vae.py)
 minimises its negative ELBO; then it is frozen, the whole training set is encoded once (posterior

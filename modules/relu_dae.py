@@ -1,4 +1,4 @@
-"""Two-layer ReLU denoising autoencoder with tied weights (arXiv 2512.20963, section 4 of METHODS.md).
+"""Two-layer ReLU denoising autoencoder with tied weights (arXiv 2512.20963; docs/methods/relu_memorization.md).
 
     f(x) = mu + W^T relu(W (x - mu)),   loss = E |f(x0 + sigma eps) - x0|^2 / d,   one sigma (0.2).
 

@@ -1,4 +1,4 @@
-"""The two-layer ReLU denoiser extended to a diffusion model (arXiv 2512.20963, section 4 of METHODS.md).
+"""The two-layer ReLU denoiser extended to a diffusion model (arXiv 2512.20963; docs/methods/relu_memorization.md).
 
     h(x, sigma)      = relu(W (x - mu)) * exp(g(log sigma))        g: small MLP -> H gains
     x0_hat(x, sigma) = mu + W^T h + skip(sigma) (x - mu)           skip = sigmoid of one more MLP output

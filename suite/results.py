@@ -1,4 +1,4 @@
-"""results.json: metrics, claims and variants of one run (DESIGN.md's schema)."""
+"""results.json: metrics, claims and variants of one run (schema in docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training-free representation steering (arXiv 2512.20963, section 4 of METHODS.md).
+"""Training-free representation steering (arXiv 2512.20963; docs/methods/relu_memorization.md).
 
 During the later (low-noise) sampling steps, the hidden activations h of the denoiser are shifted by
 alpha * v, where v is the mean activation of training examples of the target concept:

@@ -1,4 +1,4 @@
-"""Representation and memorization measures (Zhang, Li, et al., arXiv 2512.20963, section 4 of METHODS.md).
+"""Representation and memorization measures (Zhang, Li, et al., arXiv 2512.20963; docs/methods/relu_memorization.md).
 
 * Spread of a hidden activation vector h (B, H): ``activation_std`` (std across units),
   ``activation_cv`` (std / mean across units, its scale-free form) and ``activation_l4_l2``

@@ -1,4 +1,4 @@
-"""Hessian tools for edge-of-stability measurements (METHODS.md section 6).
+"""Hessian tools for edge-of-stability measurements (docs/methods/eos_variational.md).
 
 * ``HessianOperator``: v -> H v for a scalar loss of a list of parameters, by double backward
   (Pearlmutter): H v = d/dp (grad L(p) . v). The loss is a closure over a fixed probe set (fixed noise
@@ -232,7 +232,7 @@ def _reorder(optimizer, params, flat_per_param: list[Tensor]) -> Tensor:
 
 
 def critical_sharpness(lr: float, sigma_sq: float, n_samples: int, grad_sq: float) -> float:
-    """H_crit of variational GD (METHODS.md section 6): the real root of H + H^3 / z = 2 / lr,
+    """H_crit of variational GD (docs/methods/eos_variational.md): the real root of H + H^3 / z = 2 / lr,
     z = N_s |g|^2 / sigma^2, i.e. H_crit = 2 sqrt(z/3) sinh(asinh((3/lr) sqrt(3/z)) / 3).
 
     From one step on f = H x^2 / 2 with g = H x: E f(x') <= f(x) iff H (1 + H^2 sigma^2 / (N_s g^2)) <= 2/lr.

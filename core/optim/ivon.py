@@ -3,7 +3,7 @@
 IVON keeps a diagonal Gaussian posterior q(theta) = N(m, diag(sigma^2)) with
 sigma^2 = 1 / (ess * (h + delta)), where ``ess`` is the effective sample size (usually the training-set
 size), ``h`` a running Hessian-diagonal estimate and ``delta`` the weight decay (prior precision / ess).
-One step (METHODS.md section 6, equations of the IVON paper, Alg. 1), for MC samples s = 1..S:
+One step (docs/methods/eos_variational.md; equations of the IVON paper, Alg. 1), for MC samples s = 1..S:
 
     eps_s ~ N(0, sigma^2),  theta_s = m + eps_s,   g_s = grad L(theta_s)
     g_hat = mean_s g_s

@@ -1,4 +1,4 @@
-"""Ridge geometry of the smoothed empirical density under a scalar noising process (METHODS.md sec. 1).
+"""Ridge geometry of the smoothed empirical density under a scalar noising process (docs/methods/ridge_phases.md).
 
 For training points x_1..x_n (optionally weighted by w_i, sum w_i = 1) and x_t = a_t x0 + sqrt(h_t) z
 (OU: a_t = e^{-t}, h_t = 1 - e^{-2t}), the smoothed empirical density is
@@ -281,7 +281,7 @@ def time_for_noise_to_signal(
 ) -> float:
     """The time t with sqrt(h_t) / a_t = ratio (bisection on a monotone function).
 
-    The kernel width relative to the scaled points a_t x_i is sqrt(h_t)/a_t; METHODS.md asks for
+    The kernel width relative to the scaled points a_t x_i is sqrt(h_t)/a_t; docs/methods/ridge_phases.md asks for
     a ridge time where it is comparable to the nearest-neighbour spacing of the data.
     """
     if ratio <= 0:

@@ -1,4 +1,4 @@
-"""Reach / align / slide along sampling trajectories (METHODS.md sec. 1), by fixed thresholds.
+"""Reach / align / slide along sampling trajectories (docs/methods/ridge_phases.md), by fixed thresholds.
 
 Inputs are trajectories x_k (K+1, B, d) on a decreasing time grid t_0 = T > ... > t_K and, per
 step k, the ridge geometry of p_{t_k} at x_k (a :class:`core.ridge.geometry.RidgeGeometry`). Per step we log

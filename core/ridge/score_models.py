@@ -1,4 +1,4 @@
-"""Score models on a scalar process (METHODS.md sec. 1), all callable as ``score(x, t) -> (B, d)``.
+"""Score models on a scalar process (docs/methods/ridge_phases.md), all callable as ``score(x, t) -> (B, d)``.
 
 * :class:`EmpiricalScore`: the exact score of the smoothed empirical density p_t (the minimiser of
   denoising score matching over all functions), grad log p_t = (a_t mu(x) - x) / h_t.

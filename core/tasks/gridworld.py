@@ -1,4 +1,4 @@
-"""A gridworld of coloured tiles seen through an egocentric window (METHODS.md section 5).
+"""A gridworld of coloured tiles seen through an egocentric window (docs/methods/world_model_memory.md).
 
 The suite's analogue of an interactive world (Genie / WorldMem, via Bai et al. 2025, "From masks to
 worlds"): a static map ``(H, W)`` of tile colours in [0, C), i.i.d. uniform so that a tile that left

@@ -1,6 +1,6 @@
 """Per-example noise keyed by (seed, step, example index).
 
-DESIGN.md asks that one process and N processes see the same noise for the same global batch.
+docs/architecture.md asks that one process and N processes see the same noise for the same global batch.
 Instead of drawing the whole global batch and slicing it, we use a counter-based generator: each
 number is a pure function of (seed, step, global example index, element position, stream), computed
 with the splitmix64 mixer on int64 tensors. The result does not depend on how the batch is split

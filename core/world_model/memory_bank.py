@@ -1,4 +1,4 @@
-"""Pose-keyed memory of past views with overlap retrieval (WorldMem-style; METHODS.md section 5).
+"""Pose-keyed memory of past views with overlap retrieval (WorldMem-style; docs/methods/world_model_memory.md).
 
 Each entry is (time, pose (2,), view tokens (v*v,)). To predict the view at time ``now`` and pose
 ``target``, :meth:`MemoryBank.retrieve` returns up to ``k`` entries whose windows overlap the target

@@ -1,6 +1,6 @@
 """A fully connected VAE (Kingma & Welling 2014) for flattened images in [-1, 1].
 
-Encoder 784-400-200-(2 x latent) and a mirrored decoder by default (METHODS.md sec. 1: the MNIST
+Encoder 784-400-200-(2 x latent) and a mirrored decoder by default (docs/methods/ridge_phases.md: the MNIST
 latent of the ridge paper is 32-d). The likelihood is Bernoulli on (x + 1) / 2, so the decoder
 outputs logits; ``decode`` returns the mean image mapped back to [-1, 1].
 """

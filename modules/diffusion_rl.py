@@ -1,4 +1,4 @@
-"""Online RL fine-tuning of the Shapes text-to-image flow (METHODS.md section 2; Choi et al.,
+"""Online RL fine-tuning of the Shapes text-to-image flow (docs/methods/rl_elbo.md; Choi et al.,
 arXiv 2602.04663), with every axis of the paper's design space as a config switch.
 
 Per training step (one "rollout step"): B training prompts x G images are sampled by the old

@@ -1,5 +1,5 @@
 """VariationalClassifier: a classifier (small ViT, tanh MLP or small CNN) trained with IVON or a
-baseline optimiser (SGD, AdamW); METHODS.md section 6.
+baseline optimiser (SGD, AdamW); docs/methods/eos_variational.md.
 
 Validation/test report, at the posterior mean (``<stage>/accuracy``, ``nll``, ``ece``) and for the
 posterior predictive p(y|x) ~ (1/S) sum_s softmax(f(x; theta_s)), theta_s ~ q (``<stage>/pp_*``; for

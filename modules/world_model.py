@@ -1,4 +1,4 @@
-"""``MaskedWorldModel``: action-conditioned MaskGIT next-view model on the gridworld (METHODS.md §5).
+"""``MaskedWorldModel``: action-conditioned MaskGIT next-view model in a gridworld (docs/methods/world_model_memory.md).
 
 Predicts the tokens of view t (v*v tile colours) given the action a_t and
 

@@ -1,4 +1,4 @@
-"""Config composition (DESIGN.md's order), without importing torch or Lightning.
+"""Config composition (the order of docs/architecture.md), without importing torch or Lightning.
 
 1. Group choices (``experiment=``, ``trainer=``, ``logger=``, ``scale=``, ``debug=``) are pulled out
    of argv first: a dotlist would turn ``trainer=ddp`` into a string node.

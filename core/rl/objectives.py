@@ -1,4 +1,4 @@
-"""RL fine-tuning of rectified-flow models: likelihood estimators and policy objectives (METHODS.md section 2).
+"""RL fine-tuning of rectified-flow models: likelihood estimators and policy objectives (docs/methods/rl_elbo.md).
 
 Paper: Choi et al., arXiv 2602.04663 (ELBO likelihood for diffusion RL), with FlowGRPO (per-step
 likelihood of an SDE sampler) and DiffusionNFT (forward-process objective) as the baselines.
@@ -230,14 +230,14 @@ def nft_loss(
     *,
     scale: float = 1.0,
 ) -> Tensor:
-    """DiffusionNFT's forward-process loss (METHODS.md section 2), a scalar.
+    """DiffusionNFT's forward-process loss (docs/methods/rl_elbo.md), a scalar.
 
     v+ = beta v_theta + (1 - beta) v_old,  v- = (1 + beta) v_old - beta v_theta  (v_old detached),
     x0+- = x_t - t v+-,  loss = scale * mean_n [ r |x0+ - x0|^2 / w+ + (1 - r) |x0- - x0|^2 / w- ],
     |.|^2 averaged over the non-batch dims, w+- = mean |x0+- - x0| detached (clamped at 1e-5).
     Shapes: v_theta, v_old, x_t, x0 (N, *S); t, reward_prob (N,). DiffusionNFT's code multiplies
     by adv_clip_max / beta (scale = 5 / beta), which keeps the gradient at v_theta = v_old
-    independent of beta; the default scale = 1 is the METHODS.md form.
+    independent of beta; the default scale = 1 is the form of docs/methods/rl_elbo.md.
     """
     if beta <= 0:
         raise ValueError(f"nft beta must be > 0, got {beta}")

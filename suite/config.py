@@ -2,10 +2,11 @@
 
 1. Group choices (``experiment=``, ``trainer=``, ``logger=``, ``scale=``, ``debug=``) are pulled out
    of argv first: a dotlist would turn ``trainer=ddp`` into a string node.
-2. base.yaml <- experiment/NAME.yaml <- presets (trainer, logger) <- global debug defaults
-   <- the experiment's own ``scale.<name>`` overrides (then the global debug defaults once more, so
+2. base.yaml <- experiment/NAME.yaml (its ``base:`` files under it, see ``load_with_includes``)
+   <- presets (trainer, logger) <- global debug defaults <- the experiment's own ``scale.<name>`` overrides (then the global debug defaults once more, so
    that ``scale=paper debug=fast`` stays fast) <- the experiment's own ``debug.<name>`` overrides.
-3. Struct mode is set, and only then the CLI dotlist is merged, so OmegaConf rejects unknown keys.
+3. Struct mode is set, and only then the CLI dotlist is merged, so OmegaConf rejects unknown keys
+   (except a new ``callbacks.NAME._target_`` and the arguments of any ``_target_``'s constructor).
 4. Types and choices are validated (suite.schema); ``_target_`` arguments are checked against
    the constructors' signatures (suite.targets).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from suite.errors import ConfigError
@@ -24,11 +25,13 @@ from suite.schema import validate
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("experiment", "trainer", "logger", "scale", "debug")
 DEFAULTS = {"experiment": "diffusion_2d", "trainer": "cpu", "logger": "wandb", "scale": "small", "debug": None}
+INCLUDE_KEY = "base"  # an experiment's list of shared YAML files merged under it
 HARDWARE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes")
 
 
 def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    """The files of a group; ``_name.yaml`` files (and subfolders) are shared blocks, not choices."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
@@ -63,11 +66,44 @@ def load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+def load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A YAML file with its ``base:`` includes under it: ``base: _file.yaml`` (or a list of names, each
+    relative to the including file's folder, ``.yaml`` optional) merges those files first, in order,
+    then the file's own keys over them. Included files may include others in turn."""
+    cfg = load_yaml(path)
+    names = cfg.pop(INCLUDE_KEY, None)
+    if names is None:
+        return cfg
+    where = f"{_shown(path)}: {INCLUDE_KEY}"
+    names = [names] if isinstance(names, str) else list(names) if isinstance(names, ListConfig) else [names]
+    layers = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: expected a file name or a list of file names, got {name!r}")
+        included = path.parent / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if not included.is_file():
+            raise ConfigError(f"{where}: {name}: no such file {_shown(included)}")
+        if included.resolve() in seen + (path.resolve(),):
+            raise ConfigError(f"{where}: {name}: an include cycle ({_shown(included)} is already being read)")
+        layers.append(load_with_includes(included, seen + (path.resolve(),)))
+    try:
+        return OmegaConf.merge(*layers, cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}: the included files and the file's own keys do not merge: {err}") from err
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(CONFIG_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
 def experiment_yaml(name: str) -> DictConfig:
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
-    if not path.exists():
+    if name.startswith("_") or not path.exists():
         raise ConfigError(f"experiment={name}: unknown experiment; valid choices: {', '.join(choices('experiment'))}")
-    return load_yaml(path)
+    return load_with_includes(path)
 
 
 def list_experiments() -> dict[str, str]:
@@ -120,8 +156,22 @@ def merge_cli(cfg: DictConfig, dotlist: list[str]) -> None:
         try:
             cfg.merge_with(override)
         except OmegaConfBaseException as err:
-            if not _merge_constructor_argument(cfg, key, override):
+            if not (_merge_new_callback(cfg, key, override) or _merge_constructor_argument(cfg, key, override)):
                 raise ConfigError(unknown_key_message(cfg, key) or f"{key}: {err}") from err
+
+
+def _merge_new_callback(cfg: DictConfig, key: str, override: DictConfig) -> bool:
+    """Allow ``callbacks.NAME._target_=a.Callback``: a callback the experiment does not configure
+    (e.g. callbacks.sharpness._target_=callbacks.sharpness.SharpnessCallback); its arguments follow
+    as ``callbacks.NAME.arg=value``."""
+    from omegaconf import open_dict
+
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "callbacks" or parts[2] != "_target_" or parts[1] in cfg.callbacks:
+        return False
+    with open_dict(cfg):
+        cfg.merge_with(override)
+    return True
 
 
 def _merge_constructor_argument(cfg: DictConfig, key: str, override: DictConfig) -> bool:

@@ -123,3 +123,76 @@ def test_wandb_offline_by_default_without_a_key(monkeypatch):
     assert wandb_mode(cfg_of()) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode(cfg_of()) == "online"
+
+
+def _write(config_dir, name, text):
+    path = config_dir / "experiment" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_base_files_merge_first_and_nest(config_dir):
+    """``base:`` files merge under the experiment in order, each under its own includes; scale/debug
+    blocks from a base file apply like the experiment's own."""
+    _write(config_dir, "shared/deep.yaml", "job: {a: 1.0, b: 1.0, tags: [x, y]}\ntrainer: {max_steps: 11}\n")
+    _write(config_dir, "_common.yaml", "base: shared/deep\njob: {_target_: tests.suite.jobs.affine, b: 2.0}\n"
+                                       "debug: {fast: {trainer: {max_steps: 4}}}\nscale: {paper: {job: {a: 9.0}}}\n")
+    _write(config_dir, "_other.yaml", "job: {b: 3.0}\ntrainer: {max_steps: 22}\n")
+    _write(config_dir, "included.yaml", "description: uses shared blocks\nbase: [_common.yaml, _other.yaml]\n"
+                                        "job: {tags: [z]}\ndebug: {fast: {job: {b: 5.0}}}\n")
+    cfg = cfg_of("experiment=included")
+    assert (cfg.job.a, cfg.job.b, list(cfg.job.tags), cfg.trainer.max_steps) == (1.0, 3.0, ["z"], 22)
+    assert "base" not in cfg and cfg.job._target_ == "tests.suite.jobs.affine"
+    fast = cfg_of("experiment=included", "debug=fast")
+    assert (fast.trainer.max_steps, fast.job.b) == (4, 5.0)  # the base's debug block and the file's own
+    assert cfg_of("experiment=included", "scale=paper").job.a == 9.0
+
+
+def test_shared_files_are_not_experiments(config_dir, capsys):
+    _write(config_dir, "_common.yaml", "job: {a: 1.0}\n")
+    _write(config_dir, "shared/deep.yaml", "job: {a: 1.0}\n")
+    from suite.config import choices
+
+    assert "_common" not in choices("experiment") and "deep" not in choices("experiment")
+    assert "layered" in choices("experiment")
+    assert run.main(["--list"]) == 0 and "_common" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        split_argv(["experiment=_common"])
+
+
+@pytest.mark.parametrize("base,message", [
+    ("_nope.yaml", "configs/experiment/withbase.yaml: base: _nope.yaml: no such file configs/experiment/_nope.yaml"),
+    ("[_loop]", "configs/experiment/_loop.yaml: base: withbase.yaml: an include cycle"),
+    ("[3]", "base: expected a file name or a list of file names, got 3"),
+])
+def test_bad_base_names_the_file_and_the_key(config_dir, base, message):
+    _write(config_dir, "_loop.yaml", "base: withbase.yaml\njob: {a: 1.0}\n")
+    _write(config_dir, "withbase.yaml", f"description: x\nbase: {base}\njob: {{_target_: tests.suite.jobs.affine}}\n")
+    with pytest.raises(ConfigError) as err:
+        cfg_of("experiment=withbase")
+    assert message in str(err.value)
+
+
+def test_every_shared_experiment_file_is_included():
+    """A ``_name.yaml`` in configs/experiment is a block some experiment names in ``base:``."""
+    from suite.config import CONFIG_DIR, choices, load_yaml
+
+    named = set()
+    for name in choices("experiment"):
+        base = load_yaml(CONFIG_DIR / "experiment" / f"{name}.yaml").get("base") or []
+        named.update([base] if isinstance(base, str) else base)
+    shared = {p.name for p in (CONFIG_DIR / "experiment").glob("_*.yaml")}
+    assert shared and shared <= named, shared - named
+
+
+def test_a_callback_added_on_the_command_line():
+    """``callbacks.NAME._target_=...`` adds a callback the experiment does not configure; its
+    arguments are checked against the constructor; without a ``_target_`` the key stays unknown."""
+    target = "callbacks.sharpness._target_=callbacks.sharpness.SharpnessCallback"
+    cfg = cfg_of("experiment=diffusion_2d", target, "callbacks.sharpness.every_n_steps=2")
+    assert (cfg.callbacks.sharpness.every_n_steps, cfg.callbacks.samples.n) == (2, 2000)
+    check_all(cfg)
+    with pytest.raises(ConfigError, match="callbacks.sharpness.every_n_step: unknown key"):
+        cfg_of("experiment=diffusion_2d", target, "callbacks.sharpness.every_n_step=2")
+    with pytest.raises(ConfigError, match="callbacks.sharpness.every_n_steps: unknown key"):
+        cfg_of("experiment=diffusion_2d", "callbacks.sharpness.every_n_steps=2")

@@ -30,6 +30,27 @@ def loss_weight(name: str, process: ScalarProcess, t: torch.Tensor) -> torch.Ten
     raise ValueError(f"unknown loss weight {name!r}; choose one of {WEIGHTS}")
 
 
+def denoising_error(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    process: ScalarProcess,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    target: str = "eps",
+) -> torch.Tensor:
+    """The residual net(x_t, t) - target, shaped like x0, with x_t = a_t x0 + sigma_t eps.
+
+    ``t`` (B,) and ``eps`` (like x0) are given by the caller so that the noise can be keyed per
+    example (core.utils.noise) or fixed for a Hessian probe. With ``target="velocity"`` on
+    ``LinearPath`` this is the flow-matching residual v(x_t, t) - (eps - x0).
+    """
+    x_t, _ = process.kernel(t).sample(x0, eps=eps)
+    out = net(x_t, t)
+    if out.shape != x0.shape:
+        raise ValueError(f"network output has shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
+    return out - target_of(target, process, x0, eps, t)
+
+
 def denoising_loss(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     process: ScalarProcess,
@@ -39,16 +60,9 @@ def denoising_loss(
     target: str = "eps",
     weight: str = "none",
 ) -> torch.Tensor:
-    """Per-example loss, shape (B,): w(t) * mean over features of |net(x_t, t) - target|^2.
-
-    ``t`` (B,) and ``eps`` (like x0) are given by the caller so that the noise can be keyed per
-    example (core.utils.noise) or fixed for a Hessian probe.
-    """
-    x_t, _ = process.kernel(t).sample(x0, eps=eps)
-    out = net(x_t, t)
-    if out.shape != x0.shape:
-        raise ValueError(f"network output has shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
-    err = (out - target_of(target, process, x0, eps, t)).pow(2).flatten(1).mean(1)
+    """Per-example loss, shape (B,): w(t) * mean over features of |net(x_t, t) - target|^2
+    (:func:`denoising_error` squared and averaged)."""
+    err = denoising_error(net, process, x0, t, eps, target).pow(2).flatten(1).mean(1)
     return loss_weight(weight, process, t) * err
 
 

@@ -30,11 +30,9 @@ def target_of(target: str, process: ScalarProcess, x0: torch.Tensor, eps: torch.
         return eps
     if target == "x0":
         return x0
-    s = _bcast(process.sigma(t), x0)
     if target == "score":
-        return -eps / s
-    da, ds = alpha_sigma_derivatives(process, t)
-    return _bcast(da, x0) * x0 + _bcast(ds, x0) * eps
+        return -eps / _bcast(process.sigma(t), x0)
+    return process.velocity_target(x0, eps, t)
 
 
 def to_eps(target: str, process: ScalarProcess, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.diffusion.processes import integrated_linear_beta, linear_beta
+
 TimeLike = torch.Tensor | float
 _F64 = torch.float64
 
@@ -211,11 +213,10 @@ class PhaseSpaceProcess:
 
     # --- per-direction matrices (per unit of integrated time B) -------------------------------
     def integrated_beta(self, t: TimeLike) -> torch.Tensor:
-        t = _t(t)
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
+        return integrated_linear_beta(_t(t), self.beta_min, self.beta_max, self.T)
 
     def beta(self, t: TimeLike) -> torch.Tensor:
-        return self.beta_min + _t(t) / self.T * (self.beta_max - self.beta_min)
+        return linear_beta(_t(t), self.beta_min, self.beta_max, self.T)
 
     def damping(self, lam: torch.Tensor) -> torch.Tensor:
         """Critical damping Gamma_i = 2 sqrt(M lam_i)."""

@@ -81,6 +81,11 @@ class ScalarProcess:
         t = _as_tensor(t)
         return GaussianKernel(self.alpha(t), self.sigma(t))
 
+    def velocity_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """d x_t / dt = a'_t x0 + sigma'_t eps for per-example times t (B,)."""
+        da, ds = alpha_sigma_derivatives(self, t)
+        return _bcast(da, x0) * x0 + _bcast(ds, x0) * eps
+
     def drift_coef(self, t: TimeLike) -> torch.Tensor:
         """f(t) of dx = f(t) x dt + g(t) dW."""
         return self.d_log_alpha(_as_tensor(t))
@@ -102,6 +107,17 @@ class ScalarProcess:
         return torch.sqrt(self.alpha(t) ** 2 * data_std**2 + self.sigma(t) ** 2)
 
 
+def linear_beta(t: torch.Tensor, beta_min: float, beta_max: float, T: float = 1.0) -> torch.Tensor:
+    """beta(t) = beta_min + (t / T) (beta_max - beta_min): the linear noise rate of VP (and of every
+    phase-space process in core.diffusion.phase_space)."""
+    return beta_min + t / T * (beta_max - beta_min)
+
+
+def integrated_linear_beta(t: torch.Tensor, beta_min: float, beta_max: float, T: float = 1.0) -> torch.Tensor:
+    """B(t) = int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / (2 T)."""
+    return beta_min * t + 0.5 * (beta_max - beta_min) * t**2 / T
+
+
 class VP(ScalarProcess):
     """Variance-preserving process with linear beta(t) = beta_min + t (beta_max - beta_min), T = 1.
 
@@ -113,11 +129,10 @@ class VP(ScalarProcess):
         self.beta_min, self.beta_max, self.t_min, self.T = beta_min, beta_max, t_min, 1.0
 
     def log_mean(self, t: TimeLike) -> torch.Tensor:
-        t = _as_tensor(t)
-        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
+        return -0.5 * integrated_linear_beta(_as_tensor(t), self.beta_min, self.beta_max)
 
     def beta(self, t: TimeLike) -> torch.Tensor:
-        return self.beta_min + _as_tensor(t) * (self.beta_max - self.beta_min)
+        return linear_beta(_as_tensor(t), self.beta_min, self.beta_max)
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return torch.exp(self.log_mean(t))
@@ -188,6 +203,10 @@ class LinearPath(ScalarProcess):
 
     def d_sigma_sq(self, t: TimeLike) -> torch.Tensor:
         return 2.0 * _as_tensor(t)
+
+    def velocity_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps - x0 exactly (the generic a'_t x0 + sigma'_t eps rounds a'_t = -1 for 15% of float32 t)."""
+        return eps - x0
 
     def prior_sample(
         self, shape: tuple[int, ...], generator: torch.Generator | None = None, device: str | None = None

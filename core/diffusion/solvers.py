@@ -44,17 +44,26 @@ class SampleResult:
     trajectory: list[Any] | None = field(default=None, repr=False)
 
 
-def time_grid(t_start: float, t_end: float, steps: int, kind: str = "uniform") -> torch.Tensor:
+def time_grid(
+    t_start: float,
+    t_end: float,
+    steps: int,
+    kind: str = "uniform",
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``steps + 1`` times from t_start to t_end: ``uniform``, ``geometric`` (log-spaced; t_end > 0),
-    or ``quadratic`` (dense near t_end)."""
+    or ``quadratic`` (dense near t_end); built in ``dtype`` (default float32) on ``device``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    opts = dict(dtype=dtype, device=device)
     if kind == "uniform":
-        return torch.linspace(t_start, t_end, steps + 1)
+        return torch.linspace(t_start, t_end, steps + 1, **opts)
     if kind == "geometric":
-        return torch.exp(torch.linspace(math.log(t_start), math.log(t_end), steps + 1))
+        return torch.exp(torch.linspace(math.log(t_start), math.log(t_end), steps + 1, **opts))
     if kind == "quadratic":
-        s = torch.linspace(0.0, 1.0, steps + 1)
+        s = torch.linspace(0.0, 1.0, steps + 1, **opts)
         return t_end + (t_start - t_end) * (1 - s) ** 2
     raise ValueError(f"unknown time grid {kind!r}; choose uniform, geometric or quadratic")
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.diffusion.solvers import time_grid
 from core.estimators.densities import CountedTarget, GaussianMixture
 
 ScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -50,11 +51,9 @@ def forward_time_grid(T: float, delta: float, steps: int, kind: str = "uniform")
     (log-spaced, dense near delta where the score changes fastest)."""
     if not 0 < delta < T or steps < 1:
         raise ValueError(f"need 0 < delta < T and steps >= 1, got delta={delta}, T={T}, steps={steps}")
-    if kind == "uniform":
-        return torch.linspace(T, delta, steps + 1, dtype=torch.float64)
-    if kind == "geometric":
-        return torch.exp(torch.linspace(math.log(T), math.log(delta), steps + 1, dtype=torch.float64))
-    raise ValueError(f"unknown time grid {kind!r}; choose uniform or geometric")
+    if kind not in ("uniform", "geometric"):
+        raise ValueError(f"unknown time grid {kind!r}; choose uniform or geometric")
+    return time_grid(T, delta, steps, kind, dtype=torch.float64)
 
 
 class SNISScore:

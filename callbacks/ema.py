@@ -1,7 +1,8 @@
 """Exponential moving average of the weights, used for validation, testing and sampling.
 
 theta_ema <- decay * theta_ema + (1 - decay) * theta after every optimizer step (with the usual
-warm-up min(decay, (1 + k) / (10 + k)) so early averages are not dominated by the initial weights).
+warm-up min(decay, (1 + k) / (10 + k)) so early averages are not dominated by the initial weights;
+the rule is core.optim.ema's, shared with the modules that keep their own EMA copies).
 The EMA weights are swapped into the module for validation / test and swapped back afterwards;
 they live in the callback's state, so they are saved and resumed with the checkpoint.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+
+from core.optim.ema import ema_decay, ema_update_
 
 
 class EMA(L.Callback):
@@ -33,9 +36,9 @@ class EMA(L.Callback):
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        for k, v in self._params(pl_module).items():
-            self.shadow[k].mul_(decay).add_(v.detach().float(), alpha=1.0 - decay)
+        params = self._params(pl_module)
+        ema_update_([self.shadow[k] for k in params], params.values(),
+                    ema_decay(self.decay, self.updates if self.warmup else None))
 
     def _swap_in(self, pl_module) -> None:
         if self.shadow is None or self._backup is not None:

@@ -32,10 +32,16 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from core.utils.nfe import EvalCounter  # noqa: E402
-from core.rl.objectives import elbo, elbo_draws, ode_rollout, per_step_logprob, rollout_times, sde_rollout  # noqa: E402
+from core.diffusion.flow import flow_sample  # noqa: E402
+from core.diffusion.losses import denoising_error  # noqa: E402
+from core.diffusion.processes import LinearPath  # noqa: E402
+from core.diffusion.solvers import time_grid  # noqa: E402
+from core.rl.objectives import elbo, elbo_draws, per_step_logprob  # noqa: E402
 from datamodules.toy2d import sample_toy2d  # noqa: E402
 from modules.nets.mlp import TimeMLP  # noqa: E402
 from suite.results import Claim, VariantResult  # noqa: E402
+
+PATH = LinearPath(t_min=0.0)  # x_t = (1 - t) x0 + t eps: the flow-matching path of the 2-D policies
 
 
 def train_flow(
@@ -55,8 +61,8 @@ def train_flow(
 def _flow_matching_step(model, opt, x0: Tensor, weights: Tensor, gen: torch.Generator) -> None:
     t = torch.rand(len(x0), generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
-    x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
-    loss = (weights * ((model(x_t, t) - (eps - x0)) ** 2).sum(1)).mean()
+    err = denoising_error(model, PATH, x0, t, eps, target="velocity")  # v(x_t, t) - (eps - x0)
+    loss = (weights * (err**2).sum(1)).mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -73,7 +79,7 @@ def finetune_rwr(old: nn.Module, steps: int, batch: int, lr: float, target: list
     goal = torch.as_tensor(target, dtype=torch.float32)
     for _ in range(steps):
         with torch.no_grad():
-            x0 = ode_rollout(torch.randn(batch, 2, generator=gen), rollout_times(sample_steps), new).final
+            x0 = flow_sample(torch.randn(batch, 2, generator=gen), time_grid(1.0, 0.0, sample_steps), velocity=new).x
             logw = -((x0 - goal) ** 2).sum(1) / temperature
             w = torch.softmax(logw, 0) * batch
         _flow_matching_step(new, opt, x0, w, gen)
@@ -173,9 +179,10 @@ def run_job(output_dir: Path, seed: int, dataset: str = "moons", hidden: int = 1
     for k_steps in budgets:
         counter = EvalCounter()
         x1 = torch.randn(n_samples, 2, generator=gen, dtype=torch.float64)
-        traj = sde_rollout(x1, rollout_times(k_steps).double(), old, noise_level, generator=gen, counter=counter)
+        traj = flow_sample(x1, time_grid(1.0, 0.0, k_steps).double(), velocity=old, solver="sde", sde_noise="flowgrpo",
+                           noise_level=noise_level, generator=gen, counter=counter, return_trajectory=True)
         metrics[f"test/rollout@K{k_steps}/nfe_per_sample"] = counter.items / n_samples
-        x0 = traj.final
+        x0 = traj.x
         exact = exact_log_likelihood(new, x0, exact_steps, exact_grid_power) - exact_log_likelihood(
             old, x0, exact_steps, exact_grid_power)
         half = max(1, exact_steps // 2)

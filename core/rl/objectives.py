@@ -3,10 +3,11 @@
 Paper: Choi et al., arXiv 2602.04663 (ELBO likelihood for diffusion RL), with FlowGRPO (per-step
 likelihood of an SDE sampler) and DiffusionNFT (forward-process objective) as the baselines.
 
-Rollouts and the per-step likelihood live in ``core.rl.rollout`` and are re-exported here, so the
-whole API is ``from core.rl.objectives import ...``:
+Rollouts are ``core.diffusion.flow.flow_sample`` (the suite's one flow sampler; FlowGRPO's SDE is its
+``sde_noise="flowgrpo"``), returning a ``FlowSample``; the per-step likelihood lives in
+``core.rl.likelihood``. Both are re-exported here, so the whole API is ``from core.rl.objectives import ...``:
 
-* rollouts: ``Trajectory``, ``flow_sde_step``, ``sde_rollout``, ``ode_rollout``, ``rollout_times``;
+* rollouts: ``FlowSample``, ``flow_sample``, ``flow_sde_step``, ``sde_std``;
 * likelihoods: ``per_step_logprob`` / ``per_step_kl`` (need an SDE rollout), ``elbo_draws`` + ``elbo``
   (from the final sample only; any sampler);
 * objectives: ``group_advantages``, ``epg_loss``, ``ppo_clip_loss``, ``nft_reward_prob``, ``nft_loss``.
@@ -34,37 +35,26 @@ import math
 import torch
 from torch import Tensor
 
+from core.diffusion.flow import FlowSample, Velocity, flow_sample, flow_sde_step, sde_std
+from core.rl.likelihood import per_step_kl, per_step_logprob
 from core.utils.nfe import EvalCounter
-from core.rl.rollout import (
-    Trajectory,
-    Velocity,
-    flow_sde_step,
-    ode_rollout,
-    per_step_kl,
-    per_step_logprob,
-    rollout_times,
-    sde_rollout,
-    sde_std,
-)
 
 __all__ = [
-    "Trajectory",
+    "FlowSample",
     "Velocity",
     "elbo",
     "elbo_draws",
     "elbo_weight",
     "epg_loss",
+    "flow_sample",
     "flow_sde_step",
     "group_advantages",
     "inverse_proposal_density",
     "nft_loss",
     "nft_reward_prob",
-    "ode_rollout",
     "per_step_kl",
     "per_step_logprob",
     "ppo_clip_loss",
-    "rollout_times",
-    "sde_rollout",
     "sde_std",
 ]
 

@@ -1,4 +1,5 @@
-"""Exact-answer tests of core/rl/objectives.py + core/rl/rollout.py (RL fine-tuning of flow models)."""
+"""Exact-answer tests of core/rl/objectives.py + core/rl/likelihood.py and the FlowGRPO rollouts of
+core/diffusion/flow.py (RL fine-tuning of flow models)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,44 @@ import math
 import pytest
 import torch
 
+from core.diffusion.solvers import time_grid
 from core.utils.nfe import EvalCounter
 from core.rl.objectives import (
     elbo,
     elbo_draws,
     elbo_weight,
     epg_loss,
+    flow_sample,
     flow_sde_step,
     group_advantages,
     inverse_proposal_density,
     nft_loss,
     nft_reward_prob,
-    ode_rollout,
     per_step_kl,
     per_step_logprob,
     ppo_clip_loss,
-    rollout_times,
-    sde_rollout,
     sde_std,
 )
+
+
+@torch.no_grad()
+def sde_rollout(x1, times, vel, noise_level=0.7, generator=None, counter=None, **opts):
+    """A FlowGRPO rollout, as core.rl's callers make it (states kept for the per-step likelihood)."""
+    return flow_sample(x1, times, velocity=vel, solver="sde", sde_noise="flowgrpo", noise_level=noise_level,
+                       generator=generator, counter=counter, return_trajectory=True, **opts)
+
+
+@torch.no_grad()
+def ode_rollout(x1, times, vel, counter=None):
+    return flow_sample(x1, times, velocity=vel, solver="euler", counter=counter, return_trajectory=True)
+
+
+def rollout_times(steps):
+    return time_grid(1.0, 0.0, steps)
+
+
+def states(traj):
+    return torch.stack(traj.trajectory)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,14 +107,15 @@ def test_sde_rollout_transitions_are_mean_plus_std_noise():
     x1 = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     zs = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(2))
     traj = sde_rollout(x1, times, vel, 0.7, noise_fn=lambda k: zs[k])
-    assert traj.xs.shape == (5, 6, 3) and traj.stds.shape == (4,)
-    torch.testing.assert_close(traj.final, traj.xs[-1])
+    xs = states(traj)
+    assert xs.shape == (5, 6, 3) and traj.stds.shape == (4,) and traj.nfe == 4
+    torch.testing.assert_close(traj.x, xs[-1])
     for k in range(4):
         t, dt = float(times[k]), float(times[k + 1] - times[k])
         with torch.no_grad():
-            mean, std = flow_sde_step(traj.xs[k], vel(traj.xs[k], torch.full((6,), t)), t, dt, 0.7)
+            mean, std = flow_sde_step(xs[k], vel(xs[k], torch.full((6,), t)), t, dt, 0.7)
         assert float(traj.stds[k]) == pytest.approx(std)
-        torch.testing.assert_close(traj.xs[k + 1], mean + std * zs[k])
+        torch.testing.assert_close(xs[k + 1], mean + std * zs[k])
 
 
 def test_per_step_logprob_one_step_closed_form():
@@ -107,7 +128,7 @@ def test_per_step_logprob_one_step_closed_form():
     std_t = a * math.sqrt(t0 / (1 - t0))
     mean = x1 * (1 + std_t**2 / (2 * t0) * dt) + (2 * x1 + t0) * (1 + std_t**2 * (1 - t0) / (2 * t0)) * dt
     std = std_t * math.sqrt(-dt)
-    expect = torch.distributions.Normal(mean[:, 0], std).log_prob(traj.final[:, 0])
+    expect = torch.distributions.Normal(mean[:, 0], std).log_prob(traj.x[:, 0])
     torch.testing.assert_close(per_step_logprob(traj, vel, a), expect)
 
 
@@ -119,7 +140,7 @@ def test_identical_policies_give_zero_logratio():
     assert torch.equal(lr, torch.zeros(8))
     t, eps = elbo_draws(8, (2,), mc=3, generator=g)
     for w in ("uniform", "elbo"):
-        assert torch.equal(elbo(vel, traj.final, t, eps, w) - elbo(same, traj.final, t, eps, w), torch.zeros(8))
+        assert torch.equal(elbo(vel, traj.x, t, eps, w) - elbo(same, traj.x, t, eps, w), torch.zeros(8))
     assert torch.equal(per_step_kl(traj, vel, same), torch.zeros(8))
 
 
@@ -158,7 +179,7 @@ def test_ode_rollout_constant_velocity_lands_exactly():
     c = torch.tensor([0.5, -2.0])
     x1 = torch.randn(4, 2)
     traj = ode_rollout(x1, rollout_times(7), lambda x, t: c.expand_as(x))
-    torch.testing.assert_close(traj.final, x1 - c)
+    torch.testing.assert_close(traj.x, x1 - c)
     assert torch.equal(traj.stds, torch.zeros(7))
 
 
@@ -300,7 +321,7 @@ def test_counter_counts_exact_calls():
     per_step_kl(traj, vel, ref, counter=counter)
     assert (counter.calls, counter.items) == (22, 132)
     t, eps = elbo_draws(6, (2,), mc=3)
-    elbo(vel, traj.final, t, eps, counter=counter)
+    elbo(vel, traj.x, t, eps, counter=counter)
     assert (counter.calls, counter.items) == (25, 150)
     ode_rollout(torch.randn(6, 2), rollout_times(4), vel, counter=counter)
     assert (counter.calls, counter.items) == (29, 174)
@@ -313,7 +334,7 @@ def test_per_step_logprob_is_differentiable_in_parameters():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vel.parameters())
     vel.zero_grad()
     t, eps = elbo_draws(4, (2,), mc=2)
-    elbo(vel, traj.final, t, eps, "elbo").sum().backward()
+    elbo(vel, traj.x, t, eps, "elbo").sum().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in vel.parameters())
 
 
@@ -323,15 +344,15 @@ def test_image_shaped_states():
     vel = lambda x, t: -w * x + t[:, None, None, None]  # noqa: E731
     x1 = torch.randn(2, 3, 4, 4)
     traj = sde_rollout(x1, rollout_times(3), vel)
-    assert traj.xs.shape == (4, 2, 3, 4, 4)
+    assert states(traj).shape == (4, 2, 3, 4, 4)
     lp = per_step_logprob(traj, vel)
     assert lp.shape == (2,) and torch.isfinite(lp).all()
     t, eps = elbo_draws(2, (3, 4, 4), mc=2)
-    e = elbo(vel, traj.final, t, eps, "elbo", t_range=(0.02, 0.98))
+    e = elbo(vel, traj.x, t, eps, "elbo", t_range=(0.02, 0.98))
     terms = []
     for m in range(2):
         tb = t[m].view(-1, 1, 1, 1)
-        err = vel((1 - tb) * traj.final + tb * eps[m], t[m]) - (eps[m] - traj.final)
+        err = vel((1 - tb) * traj.x + tb * eps[m], t[m]) - (eps[m] - traj.x)
         terms.append(2 * (1 - t[m]) / t[m] * 0.96 * (err**2).sum((1, 2, 3)))
     expect = -0.5 * torch.stack(terms).mean(0)
     torch.testing.assert_close(e, expect)

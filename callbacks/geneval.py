@@ -126,9 +126,7 @@ class GenEvalCallback(L.Callback):
             )
         meta = [p for p in prompts for _ in range(k)]
         gen = torch.Generator().manual_seed(self.seed)
-        images = pl_module.generate(
-            meta, num_steps=self.num_steps, guidance=guidance, sampler=self.sampler, generator=gen
-        )
+        images = pl_module.generate(meta, steps=self.num_steps, solver=self.sampler, guidance=guidance, generator=gen)
         return meta, images.detach().float().cpu()
 
     def feature_net(self, trainer: L.Trainer) -> FeatureNet | None:

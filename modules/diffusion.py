@@ -14,8 +14,9 @@ from core.diffusion.losses import denoising_loss, sample_times
 from core.eval.distances import sliced_w2
 from core.diffusion.parametrization import check_target, to_score
 from core.diffusion.processes import make_process
-from core.diffusion.solvers import SampleResult, sample_process
+from core.diffusion.solvers import SAMPLERS, SampleResult, sample_process
 from modules.base import GenLabModule
+from modules.sampling import choose, generation, sample_options, unconditional
 from modules.nets.mlp import TimeMLP
 
 
@@ -66,12 +67,8 @@ class Diffusion(GenLabModule):
         """Mean denoising loss of a batch; ``generator`` fixes noise and times (Hessian probes),
         otherwise they are keyed by (seed, step, example index)."""
         x0 = batch["x"]
-        if generator is not None:
-            u = torch.rand(len(x0), generator=generator).to(x0)
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-        else:
-            u = self.example_uniform(batch["index"], (), stream=0)
-            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1)
+        u = self.example_uniform(batch["index"], (), stream=0, generator=generator)
+        eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1, generator=generator)
         t = sample_times(u, self.process)
         h = self.hparams
         return denoising_loss(self, self.process, x0, t, eps, h.target, h.loss_weight).mean()
@@ -123,24 +120,25 @@ class Diffusion(GenLabModule):
         """grad log p_t(x) implied by the network output (core.diffusion.parametrization)."""
         return to_score(self.hparams.target, self.process, self.net(x, t), x, t)
 
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        *,
         steps: int | None = None,
-        sampler: str | None = None,
-        callback=None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """Draw ``n`` samples; ``SampleResult.x`` is (n, dim), trajectory (steps + 1 states) if asked."""
-        was_training = self.training
-        self.eval()
-        try:
-            return sample_process(
-                self.process, self.nfe.wrap(self.score), (n, self.hparams.dim), steps or self.sample_steps,
-                sampler=sampler or self.sampler, grid=self.hparams.time_grid, generator=generator, device=self.device,
-                return_trajectory=return_trajectory, callback=callback,
-            )
-        finally:
-            self.train(was_training)
+        """Draw ``n`` samples; ``SampleResult.x`` is (n, dim), trajectory (steps + 1 states) if asked.
+        ``solver``: em | euler | heun (core.diffusion.solvers); option ``callback(step, t, x)``."""
+        unconditional(self, cond)
+        opts = sample_options(self, guidance, callback=None)
+        return sample_process(
+            self.process, self.nfe.wrap(self.score), (n, self.hparams.dim), steps or self.sample_steps,
+            sampler=choose("Diffusion.sample: solver", solver, self.sampler, tuple(SAMPLERS)),
+            grid=self.hparams.time_grid, generator=generator, device=self.device,
+            return_trajectory=return_trajectory, callback=opts.callback,
+        )

@@ -31,141 +31,39 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from core.diffusion.flow import FlowSample, flow_sample
+from core.diffusion.losses import denoising_error
+from core.diffusion.processes import LinearPath
+from core.diffusion.solvers import time_grid
+from core.optim.ema import ema_update_
 from core.rl.objectives import (
-    Trajectory,
     elbo,
     elbo_draws,
     epg_loss,
     group_advantages,
     nft_loss,
     nft_reward_prob,
-    ode_rollout,
     per_step_kl,
     per_step_logprob,
     ppo_clip_loss,
-    rollout_times,
-    sde_rollout,
 )
-from core.tasks.shapes import evaluate, load_eval_prompts, sample_training_metadata
-from core.tasks.shapes.grammar import caption
+from core.tasks.shapes import evaluate
 from modules.base import GenLabModule
-from modules.t2i import TextToImage, cfg_velocity
+from modules.rl_design import SAMPLERS, T_RANGE, check_design, load_base, training_prompt_pool
+from modules.rl_velocity import Recorder, Replay, velocity_kl
+from modules.sampling import PromptGeneration, choose, generation, sample_options
+from modules.t2i import cfg_passes, cfg_velocity
 
-OBJECTIVES = ("epg", "ppo_clip", "nft")
-LIKELIHOODS = ("per_step", "elbo", "none")
-SAMPLERS = ("sde", "ode")
-T_RANGE = (0.02, 0.98)  # ELBO time draws, away from the singular ends
-
-
-def check_design(objective: str, likelihood: str, sampler: str, old_policy: str, elbo_weighting: str) -> None:
-    """Reject impossible combinations of the design space before anything is built."""
-    for key, value, options in (
-        ("module.objective", objective, OBJECTIVES),
-        ("module.likelihood", likelihood, LIKELIHOODS),
-        ("module.sampler", sampler, SAMPLERS),
-        ("module.old_policy", old_policy, ("copy", "ema")),
-        ("module.elbo_weighting", elbo_weighting, ("uniform", "elbo")),
-    ):
-        if value not in options:
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(options)}")
-    if objective == "nft" and likelihood != "none":
-        raise ValueError(
-            f"module.objective=nft has no likelihood ratio: set module.likelihood=none (got {likelihood!r})"
-        )
-    if objective != "nft" and likelihood == "none":
-        raise ValueError(f"module.objective={objective} needs module.likelihood=per_step or elbo (got none)")
-    if likelihood == "per_step" and sampler != "sde":
-        raise ValueError(
-            "module.likelihood=per_step needs module.sampler=sde (a deterministic ODE step has no "
-            f"transition density); got module.sampler={sampler!r}. The elbo likelihood accepts either sampler."
-        )
+PATH = LinearPath(t_min=0.0)  # x_t = (1 - t) x0 + t eps, the base model's path
+__all__ = ["DiffusionRL", "Recorder", "Replay", "check_design", "velocity_kl"]
 
 
-def load_base(path: str) -> TextToImage:
-    """A t2i_shapes checkpoint (Lightning, weights-only readable) as a TextToImage."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"module.base_ckpt: {p} not found; expected a t2i_shapes checkpoint "
-            "(${artifacts.base}/checkpoints/last.ckpt)"
-        )
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"module.base_ckpt: {p} has no hyper_parameters/state_dict; is it a t2i_shapes checkpoint?")
-    base = TextToImage(**ckpt["hyper_parameters"])
-    base.load_state_dict(ckpt["state_dict"])
-    return base
-
-
-def training_prompt_pool(n: int, seed: int = 0) -> list[dict]:
-    """``n`` training captions (core.tasks.shapes' training distribution, no held-out combinations) whose
-    prompt strings are not in the evaluation set eval_prompts.jsonl, so RL never sees an eval prompt."""
-    eval_captions = {p["prompt"] for p in load_eval_prompts()}
-    rng = np.random.default_rng([seed, 11])
-    pool = []
-    for _ in range(200 * n):
-        meta = sample_training_metadata(rng)
-        if meta["prompt"] not in eval_captions:
-            pool.append(meta)
-            if len(pool) == n:
-                return pool
-    raise RuntimeError(f"training_prompt_pool: found only {len(pool)} of {n} prompts outside the eval set")
-
-
-class Recorder:
-    """Wraps a velocity closure and keeps (x, t, v) of every call, so the same outputs can be reused
-    (old per-step log-probs from the rollout, KL terms from the estimator's own passes) without
-    evaluating the network again."""
-
-    def __init__(self, velocity) -> None:
-        self.velocity, self.records = velocity, []
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v = self.velocity(x, t)
-        self.records.append((x, t, v))
-        return v
-
-
-class Replay:
-    """A velocity closure that returns recorded outputs for inputs it has seen (matched by time and
-    checked on x), and refuses anything else rather than silently calling a network."""
-
-    def __init__(self, records: list) -> None:
-        self.table = {round(float(t[0]), 6): (x, v) for x, t, v in records}
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        key = round(float(t[0]), 6)
-        if key not in self.table:
-            raise KeyError(f"Replay: no recorded velocity at t={key}")
-        x_rec, v = self.table[key]
-        if x_rec.shape != x.shape or not torch.allclose(x_rec, x):
-            raise ValueError("Replay: asked for a velocity at an x that was not recorded")
-        return v
-
-
-def sub_trajectory(traj: Trajectory, rows: torch.Tensor) -> Trajectory:
-    return Trajectory(traj.xs[:, rows], traj.times, traj.stds, traj.noise_level)
-
-
-def velocity_kl(records: list, reference) -> torch.Tensor:
-    """Mean over recorded rows of 0.5 |v_theta - v_ref|^2 (summed over pixels): the KL of the
-    elbo/nft paths, on the noised samples the estimator already evaluated (one reference pass)."""
-    total, rows = 0.0, 0
-    for x, t, v in records:
-        with torch.no_grad():
-            v_ref = reference(x, t)
-        total = total + 0.5 * (v - v_ref).pow(2).flatten(1).sum(1).sum()
-        rows += len(x)
-    return total / max(rows, 1)
-
-
-class DiffusionRL(GenLabModule):
+class DiffusionRL(PromptGeneration, GenLabModule):
     """See the module docstring. ``base_ckpt``: the t2i_shapes checkpoint (its EMA weights start the
     policy, the old policy and the frozen reference)."""
 
@@ -268,15 +166,15 @@ class DiffusionRL(GenLabModule):
         metas, tokens = self.step_prompts()
         gen = torch.Generator().manual_seed(int(self.noise_seed) * 1_000_003 + self.rl_step)
         traj, records = self.rollout(tokens, gen)
-        images = (traj.final.clamp(-1, 1) + 1) / 2
+        images = (traj.x.clamp(-1, 1) + 1) / 2
         rewards = evaluate(images.detach().float().cpu(), metas, strict=False).reward.to(self.device)
         adv = group_advantages(rewards.view(hp.prompts_per_step, hp.group_size), clip=hp.adv_clip).flatten()
         if hp.objective == "nft":
-            stats = self.nft_updates(traj.final.detach(), tokens, adv, gen)
+            stats = self.nft_updates(traj.x.detach(), tokens, adv, gen)
         elif hp.likelihood == "per_step":
             stats = self.per_step_updates(traj, records, tokens, adv)
         else:
-            stats = self.elbo_updates(traj.final.detach(), tokens, adv, gen)
+            stats = self.elbo_updates(traj.x.detach(), tokens, adv, gen)
         return {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
                 "pass_rate": float((rewards >= 1.0).float().mean()), **stats}
 
@@ -290,18 +188,22 @@ class DiffusionRL(GenLabModule):
         return metas, self.tokenizer.encode([m["prompt"] for m in metas]).to(self.device)
 
     @torch.no_grad()
-    def rollout(self, tokens: torch.Tensor, generator: torch.Generator) -> tuple[Trajectory, list]:
-        """Images of the old policy from x1 ~ N(0, I) at t = 1 to t = 0 (``rollout_steps`` steps)."""
+    def rollout(self, tokens: torch.Tensor, generator: torch.Generator) -> tuple[FlowSample, list]:
+        """Images of the old policy from x1 ~ N(0, I) at t = 1 to t = 0 (``rollout_steps`` steps of the
+        configured ``sampler``) and the rollout's recorded velocity evaluations."""
         hp = self.hparams
-        n = len(tokens)
-        x1 = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
-        times = rollout_times(hp.rollout_steps, device=self.device)
         rec = Recorder(cfg_velocity(self.old, tokens, self.guidance))
-        if hp.sampler == "sde":
-            traj = sde_rollout(x1, times, rec, noise_level=hp.noise_level, generator=generator)
-        else:
-            traj = ode_rollout(x1, times, rec)
-        return traj, rec.records
+        return self.flow(len(tokens), rec, hp.sampler, hp.rollout_steps, generator), rec.records
+
+    def flow(self, n: int, velocity, solver: str, steps: int, generator) -> FlowSample:
+        """x1 ~ N(0, I) (n, 3, S, S) integrated by core.diffusion.flow: ``sde`` = FlowGRPO's SDE at
+        ``noise_level`` (its transition stds kept for the per-step likelihood), ``ode`` = Euler."""
+        x1 = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
+        return flow_sample(
+            x1, time_grid(1.0, 0.0, steps, device=self.device), velocity=velocity,
+            solver="sde" if solver == "sde" else "euler", sde_noise="flowgrpo", noise_level=self.hparams.noise_level,
+            generator=generator, return_trajectory=True,
+        )
 
     def micro_batches(self, n: int):
         return [torch.arange(i, min(i + self.hparams.micro_batch, n), device=self.device)
@@ -317,11 +219,9 @@ class DiffusionRL(GenLabModule):
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
         opt.step()
         if self.hparams.old_policy == "ema":
-            with torch.no_grad():
-                for o, p in zip(self.old.parameters(), self.policy.parameters()):
-                    o.lerp_(p, 1 - self.hparams.old_ema_decay)
+            ema_update_(self.old.parameters(), self.policy.parameters(), self.hparams.old_ema_decay)
 
-    def per_step_updates(self, traj: Trajectory, records: list, tokens: torch.Tensor, adv: torch.Tensor) -> dict:
+    def per_step_updates(self, traj: FlowSample, records: list, tokens: torch.Tensor, adv: torch.Tensor) -> dict:
         """FlowGRPO-style: one ratio per SDE transition k; loss and backward one (micro-batch, step)
         at a time so only one step's graph is alive."""
         hp, opt, n = self.hparams, self.optimizers(), len(tokens)
@@ -334,7 +234,7 @@ class DiffusionRL(GenLabModule):
             opt.zero_grad()
             loss_sum = kl_sum = abs_lr = 0.0
             for rows in self.micro_batches(n):
-                sub = sub_trajectory(traj, rows)
+                sub = traj.rows(rows)
                 velocity = cfg_velocity(self.policy, tokens[rows], self.guidance)
                 if hp.kl_coef > 0:
                     ref = cfg_velocity(self.reference, tokens[rows], self.guidance)
@@ -413,15 +313,10 @@ class DiffusionRL(GenLabModule):
         """Flow-matching loss E |v(x_t, t, c) - (eps - x0)|^2 of the policy (or ``net``) on real
         captioned images: how far fine-tuning moved the model off the data it was trained on."""
         x0, tokens = batch["x"], batch["tokens"]
-        if generator is None:
-            t = self.example_uniform(batch["index"], (1,), stream=1)[:, 0]
-            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=0)
-        else:
-            t = torch.rand(len(x0), generator=generator).to(x0)
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-        tt = t.view(-1, 1, 1, 1)
-        v = (net or self.policy)((1 - tt) * x0 + tt * eps, t, tokens)
-        return ((v - (eps - x0)) ** 2).mean()
+        t = self.example_uniform(batch["index"], (1,), stream=1, generator=generator)[:, 0]
+        eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=0, generator=generator)
+        err = denoising_error(lambda x, s: (net or self.policy)(x, s, tokens), PATH, x0, t, eps, target="velocity")
+        return err.pow(2).mean()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.log("test/flow_loss", self.compute_loss(batch))
@@ -440,34 +335,32 @@ class DiffusionRL(GenLabModule):
             self.nfe.load_state_dict(state["nfe"])
             self.rl_step, self.train_wall_s = int(state["rl_step"]), float(state["train_wall_s"])
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               captions: list[str] | None = None, net: str = "policy", sampler: str = "ode",
-               guidance: float | None = None, num_steps: int | None = None):
-        """Images (n, 3, H, W) in [-1, 1] of the policy (``net="reference"``: the base model) for
-        ``captions`` (default: prompts of the training pool), with the rollouts' guidance and step
-        count, by the deterministic ODE unless ``sampler="sde"``; a core.rl.objectives.Trajectory when asked."""
-        captions = captions or [self.pool[i % len(self.pool)]["prompt"] for i in range(n)]
+    @generation
+    def sample(
+        self,
+        n: int,
+        *,
+        steps: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: list[str] | None = None,
+        return_trajectory: bool = False,
+        **guidance,
+    ) -> FlowSample:
+        """Images x (n, 3, H, W) in [-1, 1] for the captions ``cond`` (default: prompts of the training
+        pool), ``steps`` default the rollouts' count, ``solver`` ode (default) | sde. Options: ``net``
+        (policy | reference (the base model) | old) and ``guidance`` (CFG weight, default the rollouts')."""
+        opts = sample_options(self, guidance, net="policy", guidance=None)
+        captions = cond or [self.pool[i % len(self.pool)]["prompt"] for i in range(n)]
         if len(captions) != n:
             raise ValueError(f"sample: {len(captions)} captions for n={n}")
-        model = {"policy": self.policy, "reference": self.reference, "old": self.old}[net]
+        model = {"policy": self.policy, "reference": self.reference, "old": self.old}[opts.net]
         tokens = self.tokenizer.encode(captions).to(self.device)
-        velocity = cfg_velocity(model, tokens, self.guidance if guidance is None else float(guidance))
-        times = rollout_times(num_steps or self.hparams.rollout_steps, device=self.device)
-        x1 = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
-        if sampler == "sde":
-            traj = sde_rollout(x1, times, velocity, self.hparams.noise_level, generator)
-        else:
-            traj = ode_rollout(x1, times, velocity)
-        return traj if return_trajectory else traj.final.clamp(-1, 1)
-
-    @torch.no_grad()
-    def generate(self, prompts: list, num_steps: int | None = None, guidance: float | None = None,
-                 sampler: str | None = None, generator: torch.Generator | None = None, batch_size: int = 256,
-                 net: str = "policy") -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] for prompts (captions or GenEval metadata dicts); see sample."""
-        captions = [p if isinstance(p, str) else p.get("prompt") or caption(p) for p in prompts]
-        chunks = [captions[i : i + batch_size] for i in range(0, len(captions), batch_size)]
-        out = [self.sample(len(c), generator, captions=c, net=net, sampler=sampler or "ode", guidance=guidance,
-                           num_steps=num_steps) for c in chunks]
-        return (torch.cat(out) + 1) / 2
+        w = self.guidance if opts.guidance is None else float(opts.guidance)
+        solver = choose("DiffusionRL.sample: solver", solver, "ode", SAMPLERS)
+        res = self.flow(n, cfg_velocity(model, tokens, w), solver, steps or self.hparams.rollout_steps, generator)
+        if not return_trajectory:
+            res.trajectory = None
+        res.x = res.x.clamp(-1, 1)
+        res.nfe *= cfg_passes(w)
+        return res

@@ -21,9 +21,10 @@ import math
 import torch
 
 from core.diffusion.processes import OU
-from core.diffusion.solvers import SampleResult, sample_process
+from core.diffusion.solvers import SAMPLERS, SampleResult, sample_process
 from core.ridge.score_models import TIME_SAMPLINGS, PosteriorMeanMLP
 from modules.base import GenLabModule
+from modules.sampling import choose, generation, sample_options, unconditional
 from modules.nets.vae import VAE
 
 
@@ -150,16 +151,9 @@ class LatentDiffusion(GenLabModule):
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         x = batch["x"].reshape(len(batch["x"]), -1)
         shape = (len(x), self.hparams.latent_dim)
-        if generator is not None:
-            eps_vae = torch.randn(shape, generator=generator).to(x)
-            u, eps = (
-                torch.rand(len(x), generator=generator).to(x),
-                torch.randn(shape, generator=generator).to(x),
-            )
-        else:
-            idx = batch["index"]
-            eps_vae = self.example_normal(idx, shape[1:], stream=0)
-            u, eps = self.example_uniform(idx, (), stream=1), self.example_normal(idx, shape[1:], stream=2)
+        idx, g = batch["index"], generator
+        eps_vae = self.example_normal(idx, shape[1:], stream=0, generator=g)
+        u, eps = self.example_uniform(idx, (), stream=1, generator=g), self.example_normal(idx, shape[1:], 2, g)
         if self.in_vae_stage:
             loss, _ = self.vae.loss(x, eps_vae, self.hparams.vae_beta)
             return loss
@@ -260,33 +254,41 @@ class LatentDiffusion(GenLabModule):
         """Latent score (m(z, t) - z) / h_t."""
         return self.net.score(z, t)
 
-    @torch.no_grad()
-    def sample_latents(
-        self, n: int, generator=None, return_trajectory: bool = False, steps: int | None = None, callback=None
-    ) -> SampleResult:
-        was_training = self.training
-        self.eval()
-        try:
-            return sample_process(
-                self.process,
-                self.nfe.wrap(self.score),
-                (n, self.hparams.latent_dim),
-                steps or self.sample_steps,
-                sampler="em",
-                grid="geometric",
-                generator=generator,
-                device=self.device,
-                return_trajectory=return_trajectory,
-                callback=callback,
-            )
-        finally:
-            self.train(was_training)
+    @generation
+    def sample_latents(self, n: int, *, steps: int | None = None, solver: str | None = None,
+                       generator: torch.Generator | None = None, return_trajectory: bool = False,
+                       callback=None) -> SampleResult:
+        """``n`` latents (n, latent_dim) by ``solver`` (em | euler | heun, default em) on a geometric grid."""
+        return sample_process(
+            self.process,
+            self.nfe.wrap(self.score),
+            (n, self.hparams.latent_dim),
+            steps or self.sample_steps,
+            sampler=choose("LatentDiffusion.sample: solver", solver, "em", tuple(SAMPLERS)),
+            grid="geometric",
+            generator=generator,
+            device=self.device,
+            return_trajectory=return_trajectory,
+            callback=callback,
+        )
 
-    @torch.no_grad()
+    @generation
     def sample(
-        self, n: int, generator=None, return_trajectory: bool = False, steps: int | None = None, callback=None
+        self,
+        n: int,
+        *,
+        steps: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """Decoded samples: ``x`` (n, data_dim) in [-1, 1]; ``trajectory`` (if asked) in latent space."""
-        res = self.sample_latents(n, generator, return_trajectory, steps, callback)
+        """Decoded samples: ``x`` (n, data_dim) in [-1, 1]; ``trajectory`` (if asked) in latent space.
+        Option ``callback(step, t, z)`` on the latent states."""
+        unconditional(self, cond)
+        opts = sample_options(self, guidance, callback=None)
+        res = self.sample_latents(n, steps=steps, solver=solver, generator=generator,
+                                  return_trajectory=return_trajectory, callback=opts.callback)
         res.x = self.decode(res.x.to(self.device))
         return res

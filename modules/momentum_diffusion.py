@@ -51,6 +51,7 @@ from core.diffusion.phase_space import make_phase_space_process, variational_obj
 from core.diffusion.solvers import SampleResult, time_grid
 from core.eval.transport import transport_cost
 from modules.base import GenLabModule
+from modules.sampling import choose, generation, sample_options
 from modules.nets.mlp import TimeMLP
 
 CANDIDATES = {1: [("em", "uniform"), ("em", "quadratic"), ("heun", "uniform"), ("heun", "quadratic")],
@@ -133,12 +134,9 @@ class MomentumDiffusion(GenLabModule):
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         x0, cond = batch["x"], batch.get("cond")
         shape = tuple(x0.shape[1:])
-        if generator is not None:
-            u = torch.rand(len(x0), generator=generator).to(x0)
-            eps = [torch.randn(x0.shape, generator=generator).to(x0) for _ in range(self.order)]
-        else:
-            u = self.example_uniform(batch["index"], (), stream=0)
-            eps = [self.example_normal(batch["index"], shape, stream=1 + i) for i in range(self.order)]
+        idx = batch["index"]
+        u = self.example_uniform(idx, (), stream=0, generator=generator)
+        eps = [self.example_normal(idx, shape, stream=1 + i, generator=generator) for i in range(self.order)]
         t, kernel = self._training_kernel(u)
         ut, _ = kernel.sample(x0, eps=eps[0] if self.order == 1 else tuple(eps))
         return (self(ut, t, cond) - eps[-1]).pow(2).mean()
@@ -211,22 +209,29 @@ class MomentumDiffusion(GenLabModule):
         self._grid_kernel = None
 
     # -- generation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               nfe: int | None = None, method: str | None = None, grid: str = "uniform",
-               cond: torch.Tensor | None = None, callback=None) -> SampleResult:
+    @generation
+    def sample(
+        self,
+        n: int,
+        *,
+        steps: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        **guidance,
+    ) -> SampleResult:
         """``n`` samples (SampleResult.x is (n, dim), the data part; the trajectory holds data parts).
-        ``method``: em | heun | split | split_ode (default: split for cld/vsmd, em for vp/vsdm)."""
-        was_training = self.training
-        self.eval()
+        ``solver``: em | heun | split | split_ode (default: split for cld/vsmd, em for vp/vsdm);
+        ``steps`` default: the steps that spend ``sample_nfe`` evaluations; ``cond``: forecast contexts.
+        Options: ``grid`` (uniform | quadratic) and ``callback(step, t, state)``."""
+        opts = sample_options(self, guidance, grid="uniform", callback=None)
         self.process.refresh()
-        method = method or ("split" if self.order == 2 else "em")
-        try:
-            res = sample_phase_space(self.process, lambda u, t: self.score(u, t, cond), n, self.hparams.dim,
-                                     nfe or self.sample_nfe, method, grid, generator, counter=self.nfe,
-                                     callback=callback, return_trajectory=return_trajectory)
-        finally:
-            self.train(was_training)
+        method = choose("MomentumDiffusion.sample: solver", solver, "split" if self.order == 2 else "em",
+                        ("em", "heun", "split", "split_ode"))
+        res = sample_phase_space(self.process, lambda u, t: self.score(u, t, cond), n, self.hparams.dim,
+                                 steps or steps_for_nfe(method, self.sample_nfe), method, opts.grid, generator,
+                                 counter=self.nfe, callback=opts.callback, return_trajectory=return_trajectory)
         res.x = data_part(res.x)
         if res.trajectory is not None:
             res.trajectory = [data_part(s) for s in res.trajectory]
@@ -260,14 +265,14 @@ class MomentumDiffusion(GenLabModule):
         if h.task == "forecast":
             m = h.forecast_samples
             cond = ds.extras["cond"].repeat_interleave(m, 0)
-            x = self.sample(len(cond), gen, nfe=self.sample_nfe, method=method, grid=grid, cond=cond).x
+            x = self.sample(len(cond), solver=method, generator=gen, cond=cond, grid=grid).x
             x = x.reshape(len(ds), m, -1).transpose(0, 1)
             crps = crps_samples(x, ds.x).mean()
             dm = self.trainer.datamodule
             scale = dm.std * (ds.x + ds.extras["last"][:, None]) + dm.mean  # targets in series units
             ncrps = crps * dm.std * ds.x.numel() / scale.abs().sum()
             return float(crps), {"crps": float(crps), "ncrps": float(ncrps)}, x
-        x = self.sample(min(h.eval_samples, 4 * len(ds)), gen, nfe=self.sample_nfe, method=method, grid=grid).x
+        x = self.sample(min(h.eval_samples, 4 * len(ds)), solver=method, generator=gen, grid=grid).x
         x = x.clamp(-1e4, 1e4)  # a diverged low-NFE sampler must give a large finite distance, not NaN
         swd = float(sliced_w2(x, ds.x, generator=torch.Generator().manual_seed(seed)))
         if h.task == "images":
@@ -326,6 +331,6 @@ class MomentumDiffusion(GenLabModule):
         if method == "heun" and nfe % 2:
             return float("nan")
         gen = torch.Generator().manual_seed(3)
-        res = self.sample(self.hparams.transport_paths, gen, return_trajectory=True, nfe=nfe, method=method)
         steps = steps_for_nfe(method, nfe)
+        res = self.sample(self.hparams.transport_paths, steps=steps, solver=method, generator=gen, return_trajectory=True)
         return float(transport_cost(torch.stack(res.trajectory).double(), res.times.double()[: steps + 1]))

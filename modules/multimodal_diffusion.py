@@ -31,6 +31,7 @@ from core.diffusion.processes import VP
 from core.diffusion.solvers import SampleResult
 from core.eval.tabular import GaussianCopula, sample_marginals, tabular_metrics
 from modules.base import GenLabModule
+from modules.sampling import choose, generation, multimodal_sample, sample_options
 from modules.nets.tabular_dit import TabularDiT
 
 TIME_MODES = ("decoupled", "shared")
@@ -148,19 +149,14 @@ class MultimodalDiffusion(GenLabModule):
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_cont + lambda L_disc of a batch; noise and times keyed by example index unless ``generator``."""
         x0 = (batch["x"], batch["cat"])
-        B, G = len(x0[0]), self.process.n_groups
+        G = self.process.n_groups
         shapes = [(G + 2,), tuple(x0[0].shape[1:]), tuple(x0[1].shape[1:])]
-        if generator is not None:
-            u = torch.rand((B, *shapes[0]), generator=generator).to(self.device)
-            eps = torch.randn((B, *shapes[1]), generator=generator).to(self.device)
-            um = torch.rand((B, *shapes[2]), generator=generator).to(self.device)
-        else:
-            idx = batch["index"]
-            u, eps, um = (
-                self.example_uniform(idx, shapes[0], 0),
-                self.example_normal(idx, shapes[1], 1),
-                self.example_uniform(idx, shapes[2], 2),
-            )
+        idx, g = batch["index"], generator
+        u, eps, um = (
+            self.example_uniform(idx, shapes[0], 0, g),
+            self.example_normal(idx, shapes[1], 1, g),
+            self.example_uniform(idx, shapes[2], 2, g),
+        )
         h = self.hparams
         t = self.process.draw_times(u, h.p_condition, h.p_equal, shared=h.time_mode == "shared")
         noise = (eps, um)
@@ -219,46 +215,33 @@ class MultimodalDiffusion(GenLabModule):
         return self.warmup_cosine(opt, h.warmup_steps)
 
     # ----- generation ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        *,
         steps: int | None = None,
-        given: tuple | None = None,
-        generate: list[int] | None = None,
-        replacement: bool = False,
-        guidance: float = 0.0,
-        guidance_time: float = 1.0,
-        guidance_window: tuple[float, float] = (0.0, 1.0),
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: tuple | None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """``n`` rows in model space: x = (scaled numerics (n, n_num), codes (n, n_cat)). With
-        ``generate`` (group indices) and ``given`` (rows whose other groups are kept) it samples a
-        conditional; ``replacement`` and noisy ``guidance`` as in core.diffusion.multimodal."""
-        was_training = self.training
-        self.eval()
-        try:
-            shapes = [(n, len(self.schema["numeric"])), (n, len(self.schema["categorical"]))]
-            if given is not None:
-                given = tuple(g.to(self.device) for g in given)
-            return self.process.sample(
-                self,
-                shapes,
-                steps or self.sample_steps,
-                generate=generate,
-                given=given,
-                replacement=replacement,
-                guidance=guidance,
-                guidance_time=guidance_time,
-                guidance_window=tuple(guidance_window),
-                generator=generator,
-                counter=self.nfe,
-                device=self.device,
-                return_trajectory=return_trajectory,
-            )
-        finally:
-            self.train(was_training)
+        """``n`` rows in model space: x = (scaled numerics (n, n_num), codes (n, n_cat)). ``cond``: rows
+        (numerics, codes) whose groups outside ``generate`` are kept (a conditional draw); ``solver``: the
+        numeric part's step, euler_maruyama (default) | ancestral. Options: ``generate`` (group indices),
+        ``replacement`` and noisy ``guidance``, ``guidance_time``, ``guidance_window`` as in
+        core.diffusion.multimodal."""
+        opts = sample_options(self, guidance, generate=None, replacement=False, guidance=0.0, guidance_time=1.0,
+                              guidance_window=(0.0, 1.0))
+        shapes = [(n, len(self.schema["numeric"])), (n, len(self.schema["categorical"]))]
+        return multimodal_sample(
+            self, shapes, steps or self.sample_steps, given=cond, generator=generator,
+            return_trajectory=return_trajectory, generate=opts.generate, replacement=opts.replacement,
+            guidance=opts.guidance, guidance_time=opts.guidance_time, guidance_window=tuple(opts.guidance_window),
+            continuous_step=choose("MultimodalDiffusion.sample: solver", solver, "euler_maruyama",
+                                   ("euler_maruyama", "ancestral")),
+        )
 
     def impute_target(self, dm, test: tuple, seed: int = 7) -> dict[str, float]:
         """Impute the target of held-out rows K times given the other columns and score it: ROC AUC of
@@ -284,7 +267,7 @@ class MultimodalDiffusion(GenLabModule):
             draws = out[1][:, j].cpu().numpy().reshape(rows, K)
             if self.schema["cardinalities"][j] == 2:
                 p = (draws == 1).mean(1)
-                auc = float(roc_auc_score(truth, p)) if len(np.unique(truth)) == 2 else 0.5
+                auc = auroc(p, truth) if len(np.unique(truth)) == 2 else 0.5
                 return {"impute_auc": auc, "impute_auc_se": hanley_mcneil_se(auc, truth)}
             counts = np.stack([(draws == k).sum(1) for k in range(self.schema["cardinalities"][j])], 1)
             return {"impute_accuracy": float((counts.argmax(1) == truth).mean())}

@@ -22,7 +22,6 @@ captions shuffled across pairs.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -32,128 +31,25 @@ from core.diffusion.masked import MaskedDiffusion, confidence_decode
 from core.diffusion.multimodal import MultimodalProcess, Part
 from core.diffusion.processes import VP
 from core.diffusion.solvers import SampleResult
-from core.tasks.shapes import evaluate, geneval_score, load_eval_prompts
-from core.tasks.shapes.grammar import COLORS, NUMBERS, PLURALS, RELATIONS, SHAPES, TAGS, Tokenizer, caption
+from core.tasks.shapes import geneval_score, load_eval_prompts
+from core.tasks.shapes.grammar import Tokenizer
 from modules.base import GenLabModule
+from modules.caption_parsing import (
+    binomial_se,
+    captions_true,
+    first_per_category,
+    object_multiset,
+    parse_tokens,
+    shuffled_consistency,
+)
+from modules.sampling import PromptGeneration, choose, generation, multimodal_sample, sample_options
 from modules.nets.mmdit import MMDiT
 
 IMAGE, TEXT = 0, 1  # time groups
-_COUNT_WORDS = {"a": 1, "an": 1} | {w: n for n, w in NUMBERS.items() if n > 1}
-_SINGULAR = {s: s for s in SHAPES}
-_PLURAL = {p: s for s, p in PLURALS.items()}
-_RELATION_WORDS = {tuple(phrase.split()): rel for rel, phrase in RELATIONS.items()}
-
-
-# ----- captions <-> metadata ------------------------------------------------------------------------
-def _noun_phrase(words: list[str], i: int) -> tuple[dict, int] | None:
-    """'a red circle' / 'three squares' starting at words[i] -> (include entry, next index)."""
-    if i >= len(words) or words[i] not in _COUNT_WORDS:
-        return None
-    count, i = _COUNT_WORDS[words[i]], i + 1
-    color = None
-    if i < len(words) and words[i] in COLORS:
-        color, i = words[i], i + 1
-    nouns = _SINGULAR if count == 1 else _PLURAL
-    if i >= len(words) or words[i] not in nouns:
-        return None
-    entry = {"class": nouns[words[i]], "count": count} | ({"color": color} if color else {})
-    return entry, i + 1
-
-
-def parse_caption(text: str) -> dict | None:
-    """Caption -> GenEval metadata (the inverse of core.tasks.shapes.grammar.caption), or None when it is not a
-    sentence of the grammar. Forms: NP; NP and NP; NP <relation> NP (both of count 1). A single NP of
-    count n > 1 means exactly n (an exclude of n + 1, as in the counting prompts). Articles must agree
-    ('an orange'): the parse is accepted only if the metadata's caption gives back the same words."""
-    words = text.split()
-    first = _noun_phrase(words, 0)
-    if first is None:
-        return None
-    a, i = first
-    if i == len(words):
-        meta = {"include": [a]}
-        if a["count"] > 1:
-            meta |= {"tag": "counting", "exclude": [{"class": a["class"], "count": a["count"] + 1}]}
-        else:
-            meta["tag"] = "colors" if "color" in a else "single_object"
-    elif words[i] == "and":
-        second = _noun_phrase(words, i + 1)
-        if second is None or second[1] != len(words):
-            return None
-        meta = {"tag": "color_attr" if "color" in a else "two_object", "include": [a, second[0]]}
-    else:
-        rel = next((r for w, r in _RELATION_WORDS.items() if tuple(words[i : i + len(w)]) == w), None)
-        if rel is None or a["count"] != 1:
-            return None
-        second = _noun_phrase(words, i + len(RELATIONS[rel].split()))
-        if second is None or second[1] != len(words) or second[0]["count"] != 1:
-            return None
-        meta = {"tag": "position", "include": [second[0], a | {"position": [rel, 0]}]}
-    if caption(meta) != " ".join(words):
-        return None
-    return meta | {"prompt": " ".join(words)}
-
-
-def parse_tokens(tokens: torch.Tensor, tokenizer: Tokenizer) -> list[dict | None]:
-    """(B, L) token ids -> parsed metadata per row; a row must be words then only padding (0), else None."""
-    out = []
-    for row in tokens.tolist():
-        n = row.index(0) if 0 in row else len(row)
-        if any(t != 0 for t in row[n:]) or any(t >= len(tokenizer) for t in row):
-            out.append(None)
-            continue
-        out.append(parse_caption(" ".join(tokenizer.vocab[t] for t in row[:n])))
-    return out
-
-
-def captions_true(images01: torch.Tensor, metas: list[dict | None]) -> torch.Tensor:
-    """(B,) bool: caption i parses and the exact evaluator (strict) finds it true of image i (in [0, 1])."""
-    ok = torch.zeros(len(metas), dtype=torch.bool)
-    idx = [i for i, m in enumerate(metas) if m is not None]
-    if idx:
-        ok[idx] = evaluate(images01[idx], [metas[i] for i in idx], strict=True).passed
-    return ok
-
-
-def object_multiset(meta: dict) -> list[tuple[str, int]]:
-    return sorted((r["class"], int(r.get("count", 1))) for r in meta["include"])
-
-
-def shuffled_consistency(images01: torch.Tensor, metas: list[dict | None], rounds: int, seed: int = 0) -> float:
-    """Mean consistency of the same captions paired with other pairs' images (random derangements:
-    a permutation composed with a non-zero cyclic shift, so no caption keeps its own image)."""
-    g, n, rates = torch.Generator().manual_seed(seed), len(metas), []
-    for _ in range(rounds):
-        perm = torch.randperm(n, generator=g)
-        shift = int(torch.randint(1, n, (1,), generator=g)) if n > 1 else 0
-        partner = perm.roll(shift)  # caption perm[k] goes with image perm[k + shift]
-        caps = [None] * n
-        for k in range(n):
-            caps[int(partner[k])] = metas[int(perm[k])]
-        rates.append(float(captions_true(images01, caps).float().mean()))
-    return sum(rates) / len(rates)
-
-
-def first_per_category(prompts: list[dict], k: int) -> list[dict]:
-    """The first k prompts of each GenEval category (all when k <= 0); callbacks.geneval has the same
-    selection, not imported here so the module does not pull in the FID stack."""
-    if k <= 0:
-        return list(prompts)
-    seen = dict.fromkeys(TAGS, 0)
-    out = []
-    for p in prompts:
-        if seen.get(p["tag"], k) < k:
-            out.append(p)
-            seen[p["tag"]] += 1
-    return out
-
-
-def binomial_se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
 # ----- the module -----------------------------------------------------------------------------------
-class MultimodalTextImage(GenLabModule):
+class MultimodalTextImage(PromptGeneration, GenLabModule):
     """Image + caption diffusion with decoupled times on an MMDiT; see the module docstring.
 
     Args:
@@ -248,17 +144,11 @@ class MultimodalTextImage(GenLabModule):
         x0 = (batch["x"], batch["tokens"])
         if x0[1].shape[1] != self.hparams.max_len:
             raise ValueError(f"captions have {x0[1].shape[1]} tokens but module.max_len={self.hparams.max_len}")
-        B = len(x0[0])
         shapes = [(4,), tuple(x0[0].shape[1:]), tuple(x0[1].shape[1:])]
-        if generator is not None:
-            u = torch.rand((B, *shapes[0]), generator=generator).to(self.device)
-            eps = torch.randn((B, *shapes[1]), generator=generator).to(self.device)
-            um = torch.rand((B, *shapes[2]), generator=generator).to(self.device)
-        else:
-            idx = batch["index"]
-            u = self.example_uniform(idx, shapes[0], 0)
-            eps = self.example_normal(idx, shapes[1], 1)
-            um = self.example_uniform(idx, shapes[2], 2)
+        idx, g = batch["index"], generator
+        u = self.example_uniform(idx, shapes[0], 0, g)
+        eps = self.example_normal(idx, shapes[1], 1, g)
+        um = self.example_uniform(idx, shapes[2], 2, g)
         h = self.hparams
         t = self.process.draw_times(u, h.p_condition, h.p_equal)
         noise = (eps, um)
@@ -293,54 +183,45 @@ class MultimodalTextImage(GenLabModule):
         return self.warmup_cosine(opt, h.warmup_steps)
 
     # ----- generation ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        *,
         steps: int | None = None,
-        images: torch.Tensor | None = None,
-        tokens: torch.Tensor | None = None,
-        guidance: float = 0.0,
-        guidance_time: float | None = None,
-        guidance_window: tuple[float, float] | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: list[str] | torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """``n`` pairs x = (images (n, 3, S, S) in [-1, 1], tokens (n, L)). Given ``tokens``: text -> image
-        (caption clean at t = 0, optional noisy guidance); given ``images``: image -> text; neither: joint."""
-        if images is not None and tokens is not None:
-            raise ValueError("give images (image -> text) or tokens (text -> image), not both")
+        """``n`` pairs x = (images (n, 3, S, S) in [-1, 1], tokens (n, L)). ``cond``: captions (strings, or
+        tokens (n, L) long): text -> image (caption clean at t = 0, optional noisy guidance); images
+        (n, 3, S, S) float: image -> text (``text_decoder``); None: joint. ``solver``: the image part's
+        step, ancestral | euler_maruyama (default ``continuous_step``). Options: ``guidance`` (noisy
+        guidance weight, 0 = none), ``guidance_time``, ``guidance_window``."""
         h, S, L = self.hparams, self.hparams.image_size, self.hparams.max_len
+        opts = sample_options(self, guidance, guidance=0.0, guidance_time=h.guidance_time,
+                              guidance_window=self.guidance_window)
+        if isinstance(cond, (list, tuple)):
+            cond = self.tokenizer.encode(list(cond))
         shapes = [(n, 3, S, S), (n, L)]
         given, generate = None, None
-        if tokens is not None:
-            given, generate = (torch.zeros(shapes[0], device=self.device), tokens.to(self.device)), [IMAGE]
-        elif images is not None:
-            given = (images.to(self.device), torch.zeros(shapes[1], dtype=torch.long, device=self.device))
+        if cond is not None and not cond.is_floating_point():
+            given, generate = (torch.zeros(shapes[0], device=self.device), cond.to(self.device)), [IMAGE]
+        elif cond is not None:
+            given = (cond.to(self.device), torch.zeros(shapes[1], dtype=torch.long, device=self.device))
             generate = [TEXT]
-        was_training = self.training
-        self.eval()
-        try:
-            if images is not None and h.text_decoder == "confidence":
+            if h.text_decoder == "confidence":
                 return self._caption_by_confidence(given[0], steps or h.text_steps, generator, return_trajectory)
-            return self.process.sample(
-                self,
-                shapes,
-                steps or self.sample_steps,
-                generate=generate,
-                given=given,
-                guidance=guidance,
-                guidance_time=h.guidance_time if guidance_time is None else guidance_time,
-                guidance_window=self.guidance_window if guidance_window is None else tuple(guidance_window),
-                generator=generator,
-                counter=self.nfe,
-                device=self.device,
-                return_trajectory=return_trajectory,
-                continuous_step=h.continuous_step,
-                clip_x0=h.clip_x0,
-            )
-        finally:
-            self.train(was_training)
+        return multimodal_sample(
+            self, shapes, steps or self.sample_steps, given=given, generator=generator,
+            return_trajectory=return_trajectory, generate=generate, guidance=opts.guidance,
+            guidance_time=opts.guidance_time, guidance_window=tuple(opts.guidance_window),
+            continuous_step=choose("MultimodalTextImage.sample: solver", solver, h.continuous_step,
+                                   ("ancestral", "euler_maruyama")),
+            clip_x0=h.clip_x0,
+        )
 
     def _caption_by_confidence(self, images: torch.Tensor, steps: int, generator, return_trajectory: bool):
         """Image -> text with the suite's confidence decoder (core.diffusion.masked.confidence_decode:
@@ -364,13 +245,13 @@ class MultimodalTextImage(GenLabModule):
         )
         return SampleResult(x=(images, res.x), times=res.times, nfe=res.nfe, trajectory=res.trajectory)
 
-    def _batched(self, n: int, seed: int, steps: int | None = None, guidance: float = 0.0, **given):
+    def _batched(self, n: int, seed: int, steps: int | None = None, guidance: float = 0.0, cond=None):
         """Sample in chunks of ``eval_batch`` (one generator: reproducible for a given chunking);
-        ``given``: images= or tokens= tensors of n rows. Returns (images, tokens) on the CPU."""
+        ``cond``: images or tokens of n rows (see :meth:`sample`). Returns (images, tokens) on the CPU."""
         gen, bs, imgs, toks = torch.Generator().manual_seed(seed), self.hparams.eval_batch, [], []
         for lo in range(0, n, bs):
-            chunk = {k: v[lo : lo + bs] for k, v in given.items()}
-            x = self.sample(min(bs, n - lo), generator=gen, steps=steps, guidance=guidance, **chunk).x
+            chunk = None if cond is None else cond[lo : lo + bs]
+            x = self.sample(min(bs, n - lo), steps=steps, generator=gen, cond=chunk, guidance=guidance).x
             imgs.append(x[0].cpu())
             toks.append(x[1].cpu())
         return torch.cat(imgs), torch.cat(toks)
@@ -389,7 +270,7 @@ class MultimodalTextImage(GenLabModule):
         prompts = first_per_category(load_eval_prompts(), h.eval_prompts_per_category)
         tokens = self.tokenizer.encode([p["prompt"] for p in prompts])
         for name, w in (("t2i", 0.0), ("t2i_guided", h.guidance)):
-            imgs, _ = self._batched(len(prompts), 11, tokens=tokens, guidance=w)
+            imgs, _ = self._batched(len(prompts), 11, cond=tokens, guidance=w)
             score = geneval_score((imgs + 1) / 2, prompts)
             out[f"{name}/geneval"], out[f"{name}/geneval_se"] = score["overall"], score["overall_se"]
             for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr"):
@@ -400,7 +281,7 @@ class MultimodalTextImage(GenLabModule):
         test_set, metas = dm.test_set, dm.metadata["test"]
         n = min(h.i2t_images, len(metas))
         real = test_set.x[:n]
-        _, toks = self._batched(n, 12, steps=h.text_steps, images=real)
+        _, toks = self._batched(n, 12, steps=h.text_steps, cond=real)
         parsed = parse_tokens(toks, self.tokenizer)
         true = captions_true((real + 1) / 2, parsed)
         complete = torch.tensor(

@@ -35,6 +35,7 @@ from core.diffusion.processes import VE
 from core.diffusion.solvers import SampleResult, ode_euler, probability_flow, time_grid
 from core.diffusion.steering import Steering
 from modules.base import GenLabModule
+from modules.sampling import choose, generation, sample_options, unconditional
 
 
 class ReLUDiffusion(GenLabModule):
@@ -181,7 +182,8 @@ class ReLUDiffusion(GenLabModule):
         """Target-class rate and FID-style distance to held-out digits of steered generations per alpha,
         measured with the suite's MNIST feature network trained on the offline training split."""
         from modules.media import log_images
-        from core.eval.features import class_rates, extract_features, frechet_distance, train_feature_net
+        from core.eval.features import class_rates, extract_features, train_feature_net
+        from core.eval.frechet import frechet_distance
         from core.diffusion.steering import concept_direction, steering_sweep
         from datamodules.mnist import downsample, load_mnist
 
@@ -232,40 +234,40 @@ class ReLUDiffusion(GenLabModule):
         )
 
     # -- generation and detection -----------------------------------------------------------------
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        *,
         steps: int | None = None,
-        steering: Steering | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """``n`` samples (n, dim): Euler on the probability-flow ODE over a geometric sigma grid, then a
-        final denoising step. ``steering`` shifts the hidden activations in the later steps."""
-        was_training = self.training
-        self.eval()
-        try:
-            proc = self.process
+        """``n`` samples (n, dim): Euler (``solver`` euler) on the probability-flow ODE over a geometric
+        sigma grid, then a final denoising step. Option ``steering`` (core.diffusion.steering.Steering)
+        shifts the hidden activations in the later steps."""
+        unconditional(self, cond)
+        choose("ReluDiffusion.sample: solver", solver, "euler", ("euler",))
+        steering = sample_options(self, guidance, steering=None).steering
+        proc = self.process
 
-            def x0_hat(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                self.nfe.add(1, len(x))
-                return self(x, proc.sigma(t), steering)
+        def x0_hat(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.nfe.add(1, len(x))
+            return self(x, proc.sigma(t), steering)
 
-            def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return (x0_hat(x, t) - x) / proc.sigma(t)[:, None] ** 2
+        def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return (x0_hat(x, t) - x) / proc.sigma(t)[:, None] ** 2
 
-            times = time_grid(proc.T, proc.t_min, steps or self.hparams.sample_steps, "uniform")
-            noise = torch.randn((n, self.hparams.dim), generator=generator).to(self.data_mean)
-            x = self.data_mean + self.hparams.sigma_max * noise
-            res = ode_euler(
-                x, times, drift=probability_flow(proc, score), return_trajectory=return_trajectory
-            )
-            final = x0_hat(res.x, torch.full((n,), float(times[-1])))
-            traj = None if res.trajectory is None else [*res.trajectory, final]
-            return SampleResult(x=final, times=times, nfe=res.nfe + 1, trajectory=traj)
-        finally:
-            self.train(was_training)
+        times = time_grid(proc.T, proc.t_min, steps or self.hparams.sample_steps, "uniform")
+        noise = torch.randn((n, self.hparams.dim), generator=generator).to(self.data_mean)
+        x = self.data_mean + self.hparams.sigma_max * noise
+        res = ode_euler(x, times, drift=probability_flow(proc, score), return_trajectory=return_trajectory)
+        final = x0_hat(res.x, torch.full((n,), float(times[-1])))
+        traj = None if res.trajectory is None else [*res.trajectory, final]
+        return SampleResult(x=final, times=times, nfe=res.nfe + 1, trajectory=traj)
 
     @torch.no_grad()
     def representation(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from core.diffusion.discrete_ddpm import LinearBetaDDPM, strided_ancestral_sampl
 from core.diffusion.solvers import SampleResult
 from modules.nets.gene_dit import GeneDiT
 from modules.spatial_base import SpatialPredictor, section
+from modules.sampling import choose, generation, sample_options
 
 STEM_DEFAULTS = {
     "width": 64,
@@ -93,12 +94,8 @@ class Stem(SpatialPredictor):
         """Mean eps-prediction loss (+ weighted L_vlb with a variance head); step indices and noise are
         keyed by (seed, step, spot index), or drawn from ``generator`` when given."""
         x0 = self.standardize(batch["target"])
-        if generator is not None:
-            u = torch.rand(len(x0), generator=generator).to(x0)
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-        else:
-            u = self.example_uniform(batch["index"], (), stream=0)
-            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1)
+        u = self.example_uniform(batch["index"], (), stream=0, generator=generator)
+        eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1, generator=generator)
         n = (u * self.schedule.n_steps).long().clamp(max=self.schedule.n_steps - 1)
         xn = self.schedule.q_sample(x0, n, eps)
         eps_pred, v = self.net(xn, n, self.encoder(batch))
@@ -110,45 +107,44 @@ class Stem(SpatialPredictor):
             )
         return loss
 
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
-        batch: dict | None = None,
+        *,
         steps: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: dict | None = None,
+        return_trajectory: bool = False,
+        **guidance,
     ) -> SampleResult:
-        """``n`` draws of the expression of every spot of ``batch`` (its image or embedding):
-        ``SampleResult.x`` is (n, B, G) in log2(count + 1) units."""
-        if batch is None:
-            raise ValueError("Stem.sample is conditional: pass batch= with the spots' 'image' or 'embedding'")
+        """``n`` draws of the expression of every spot of the batch ``cond`` (its image or embedding):
+        ``SampleResult.x`` is (n, B, G) in log2(count + 1) units; ``solver``: ancestral (strided DDPM)."""
+        if cond is None:
+            raise ValueError("Stem.sample is conditional: pass cond= a batch with the spots' 'image' or 'embedding'")
         if return_trajectory:
             raise ValueError("Stem.sample keeps only final draws; return_trajectory is not available")
-        was_training = self.training
-        self.eval()
-        try:
-            cond = self.encoder(batch)
-            b = cond.shape[0]
-            cond = cond.repeat(n, 1)
-            calls = self.nfe.calls
-            x = strided_ancestral_sample(
-                lambda x, k: self.net(x, k, cond),
-                self.schedule,
-                (n * b, self.hparams.n_genes),
-                steps or self.sample_steps,
-                generator=generator,
-                device=self.device,
-                counter=self.nfe,
-            )
-            x = self.unstandardize(x.to(self.device)).reshape(n, b, -1)
-            return SampleResult(
-                x=x, times=self.schedule.strided_steps(steps or self.sample_steps), nfe=self.nfe.calls - calls
-            )
-        finally:
-            self.train(was_training)
+        choose("Stem.sample: solver", solver, "ancestral", ("ancestral",))
+        sample_options(self, guidance)
+        steps = steps or self.sample_steps
+        enc = self.encoder(cond)
+        b = enc.shape[0]
+        enc = enc.repeat(n, 1)
+        calls = self.nfe.calls
+        x = strided_ancestral_sample(
+            lambda x, k: self.net(x, k, enc),
+            self.schedule,
+            (n * b, self.hparams.n_genes),
+            steps,
+            generator=generator,
+            device=self.device,
+            counter=self.nfe,
+        )
+        x = self.unstandardize(x.to(self.device)).reshape(n, b, -1)
+        return SampleResult(x=x, times=self.schedule.strided_steps(steps), nfe=self.nfe.calls - calls)
 
     def predict_spots(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """point (B, G): mean of ``num_samples`` draws; single (B, G): the first draw; samples (S, B, G)."""
-        samples = self.sample(self.num_samples, generator=generator, batch=batch).x
+        samples = self.sample(self.num_samples, generator=generator, cond=batch).x
         return {"point": samples.mean(0), "single": samples[0], "samples": samples}

@@ -5,8 +5,8 @@ predicts the velocity v_theta(x_t, t, c) ~ eps - x0 with loss E |v_theta - (eps 
 (Liu et al. 2023; Lipman et al. 2023). Classifier-free guidance (Ho & Salimans 2022): captions
 are replaced by the empty caption with probability ``cond_drop`` in training, and sampling uses
 v = v(x, t, {}) + w (v(x, t, c) - v(x, t, {})) (w = 1: no guidance). Generation integrates
-dx/dt = v from t = 1 to 0 with core.diffusion.solvers (Euler / Heun ODE, or Euler-Maruyama on the reverse
-SDE of :meth:`TextToImage.sde_coefficients`).
+dx/dt = v from t = 1 to 0 with core.diffusion.flow (Euler / Heun ODE, or Euler-Maruyama on the reverse
+SDE with g(t) = a t).
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.diffusion.flow import FlowSample, flow_sample
+from core.diffusion.losses import denoising_error
 from core.diffusion.processes import LinearPath
-from core.diffusion.solvers import euler_maruyama, get_sampler, time_grid
-from core.tasks.shapes.grammar import Tokenizer, caption
+from core.diffusion.solvers import time_grid
+from core.optim.ema import ema_decay, ema_update_
+from core.tasks.shapes.grammar import Tokenizer
 from core.tasks.shapes.prompts import sample_training_metadata
-from modules.base import GenLabModule
+from modules.base import GenLabModule, lr_factor, per_step
+from modules.sampling import PromptGeneration, choose, generation, sample_options
 from modules.nets.cond_unet import CondUNet
 from modules.nets.text_encoder import CaptionEncoder
+
+SOLVERS = ("euler", "heun", "em")
 
 
 class CaptionedVelocity(nn.Module):
@@ -36,6 +42,11 @@ class CaptionedVelocity(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         text, pooled = self.encoder(tokens)
         return self.unet(x, t, text, CaptionEncoder.padding_mask(tokens), pooled)
+
+
+def cfg_passes(guidance: float) -> int:
+    """Network passes per sample and step of :func:`cfg_velocity`: 1 without guidance, else 2."""
+    return 1 if guidance == 1.0 else 2
 
 
 def cfg_velocity(net: nn.Module, tokens: torch.Tensor, guidance: float):
@@ -53,7 +64,7 @@ def cfg_velocity(net: nn.Module, tokens: torch.Tensor, guidance: float):
     return velocity
 
 
-class TextToImage(GenLabModule):
+class TextToImage(PromptGeneration, GenLabModule):
     """Conditional rectified flow; see the module docstring. Images in the model's space are in
     [-1, 1]; :meth:`generate` returns them in [0, 1] for the evaluator."""
 
@@ -80,7 +91,7 @@ class TextToImage(GenLabModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if sampler not in ("euler", "heun", "em"):
+        if sampler not in SOLVERS:
             raise ValueError(f"TextToImage: sampler must be euler, heun or em, got {sampler!r}")
         self.tokenizer = Tokenizer(max_len)
         self.path = LinearPath(t_min=0.0)
@@ -106,19 +117,12 @@ class TextToImage(GenLabModule):
         """E_{t, eps} |v_theta(x_t, t, c) - (eps - x0)|^2 with captions dropped w.p. ``cond_drop``.
         Noise is keyed by (seed, step, example index) unless a ``generator`` fixes it."""
         x0, tokens, index = batch["x"], batch["tokens"], batch["index"]
-        b = len(x0)
-        if generator is None:
-            t = self.example_uniform(index, (1,), stream=1)[:, 0]
-            eps = self.example_normal(index, tuple(x0.shape[1:]), stream=0)
-            drop = self.example_uniform(index, (1,), stream=2)[:, 0] < self.hparams.cond_drop
-        else:
-            t = torch.rand(b, generator=generator).to(x0)
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-            drop = torch.rand(b, generator=generator).to(x0.device) < self.hparams.cond_drop
+        t = self.example_uniform(index, (1,), stream=1, generator=generator)[:, 0]
+        eps = self.example_normal(index, tuple(x0.shape[1:]), stream=0, generator=generator)
+        drop = self.example_uniform(index, (1,), stream=2, generator=generator)[:, 0] < self.hparams.cond_drop
         tokens = torch.where(drop[:, None], torch.zeros_like(tokens), tokens)
-        xt, _ = self.path.kernel(t).sample(x0, eps=eps)
-        v = self(xt, t, tokens)
-        return ((v - (eps - x0)) ** 2).mean()
+        err = denoising_error(lambda x, s: self(x, s, tokens), self.path, x0, t, eps, target="velocity")
+        return err.pow(2).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
@@ -127,10 +131,7 @@ class TextToImage(GenLabModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # EMA with the usual warm-up so that early checkpoints are not dominated by the init
-        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p, 1 - decay)
+        ema_update_(self.ema.parameters(), self.model.parameters(), ema_decay(self.hparams.ema_decay, self.global_step))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.compute_loss(batch), sync_dist=True)
@@ -143,98 +144,53 @@ class TextToImage(GenLabModule):
             self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         warm = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return per_step(opt, lambda s: lr_factor(s, warm))
 
     # ---- generation -------------------------------------------------------------------------
     def guided_velocity(self, tokens: torch.Tensor, guidance: float, use_ema: bool = True):
         """The EMA (or live) network's CFG velocity closure; see :func:`cfg_velocity`."""
         return cfg_velocity(self.ema if use_ema else self.model, tokens, guidance)
 
-    def sde_coefficients(self, velocity):
-        """Reverse-time SDE with the flow's marginals: dx = [v - (g^2 / 2) s] dt + g dW (dt < 0), with
-        score s = -(x + (1 - t) v) / t on the linear path and g(t) = ``sde_noise`` * t, so that
-        g^2 s = -sde_noise^2 t (x + (1 - t) v) stays bounded at both ends."""
-        a = self.hparams.sde_noise
-
-        def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = velocity(x, t)
-            tt = t.view(-1, *([1] * (x.ndim - 1)))
-            return v + 0.5 * a**2 * tt * (x + (1 - tt) * v)
-
-        def diffusion(t: torch.Tensor) -> torch.Tensor:
-            return a * t
-
-        return drift, diffusion
-
-    @torch.no_grad()
+    @generation
     def sample(
         self,
         n: int,
+        *,
+        steps: int | None = None,
+        solver: str | None = None,
         generator: torch.Generator | None = None,
+        cond: list[str] | None = None,
         return_trajectory: bool = False,
-        captions: list[str] | None = None,
-        guidance: float | None = None,
-        num_steps: int | None = None,
-        sampler: str | None = None,
-        use_ema: bool = True,
-    ):
-        """Images (n, 3, H, W) in [-1, 1] for ``captions`` (default: n captions drawn from the
-        training grammar with the generator's seed). Returns a core.diffusion.solvers.SampleResult when
-        ``return_trajectory``, else the final images."""
+        **guidance,
+    ) -> FlowSample:
+        """Images x (n, 3, H, W) in [-1, 1] for the captions ``cond`` (default: n captions drawn from the
+        training grammar with the generator's seed). ``solver``: euler | heun (the ODE) or em
+        (Euler-Maruyama on the SDE with g(t) = ``sde_noise`` t; core.diffusion.flow). Options:
+        ``guidance`` (CFG weight w, default the configured one; w = 1: none) and ``use_ema`` (True)."""
+        opts = sample_options(self, guidance, guidance=None, use_ema=True)
+        captions = cond
         if captions is None:
             seed = int(torch.randint(2**31, (1,), generator=generator)) if generator is not None else 0
             rng = np.random.default_rng(seed)
             captions = [sample_training_metadata(rng)["prompt"] for _ in range(n)]
         if len(captions) != n:
             raise ValueError(f"sample: {len(captions)} captions for n={n}")
-        guidance = self.guidance if guidance is None else float(guidance)
-        steps = self.sample_steps if num_steps is None else int(num_steps)
-        sampler = self.sampler if sampler is None else sampler
+        w = self.guidance if opts.guidance is None else float(opts.guidance)
+        steps = self.sample_steps if steps is None else int(steps)
+        solver = choose("TextToImage.sample: solver", solver, self.sampler, SOLVERS)
         tokens = self.tokenizer.encode(captions).to(self.device)
-        drift = self.guided_velocity(tokens, guidance, use_ema)
         x = torch.randn((n, 3, self.image_size, self.image_size), generator=generator).to(self.device)
-        if sampler == "em":
-            drift_sde, diffusion = self.sde_coefficients(drift)
-            res = euler_maruyama(
-                x,
-                time_grid(1.0, 0.0, steps),
-                drift=drift_sde,
-                diffusion=diffusion,
-                generator=generator,
-                counter=self.nfe,
-                return_trajectory=return_trajectory,
-            )
-        else:
-            res = get_sampler(sampler)(
-                x,
-                time_grid(1.0, 0.0, steps),
-                drift=drift,
-                counter=self.nfe,
-                return_trajectory=return_trajectory,
-            )
+        res = flow_sample(
+            x,
+            time_grid(1.0, 0.0, steps),
+            velocity=self.guided_velocity(tokens, w, opts.use_ema),
+            solver="sde" if solver == "em" else solver,
+            sde_noise="linear",
+            noise_level=self.hparams.sde_noise,
+            generator=generator,
+            counter=self.nfe,
+            return_trajectory=return_trajectory,
+        )
         res.x = res.x.clamp(-1, 1)
-        return res if return_trajectory else res.x
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list,
-        num_steps: int | None = None,
-        guidance: float | None = None,
-        sampler: str | None = None,
-        generator: torch.Generator | None = None,
-        batch_size: int = 256,
-    ) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] for prompts (captions, or GenEval metadata dicts)."""
-        captions = [p if isinstance(p, str) else p.get("prompt") or caption(p) for p in prompts]
-        was_training = self.training
-        self.eval()
-        out = [
-            self.sample(
-                len(chunk), generator, captions=chunk, guidance=guidance, num_steps=num_steps, sampler=sampler
-            )
-            for chunk in (captions[i : i + batch_size] for i in range(0, len(captions), batch_size))
-        ]
-        self.train(was_training)
-        return (torch.cat(out) + 1) / 2
+        res.nfe *= cfg_passes(w)
+        return res

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from core.tasks.gridworld import map_statistics_guess, render_views
 from core.diffusion.masked import MaskedDiffusion, confidence_decode
-from modules.base import GenLabModule
+from core.diffusion.solvers import SampleResult
+from modules.base import GenLabModule, lr_factor, per_step
+from modules.sampling import choose, generation, sample_options
 
 VARIANTS = ("context", "memory", "recurrent")
 
@@ -169,10 +171,7 @@ class MaskedWorldModel(GenLabModule):
         src, pad, t, tgt_pose = self._all_steps(batch)
         x0 = views[:, 1:].reshape(-1, L)
         rows = (batch["index"][:, None] * T1 + t).reshape(-1)
-        if generator is None:
-            u = self.example_uniform(rows, (L + 1,))
-        else:
-            u = torch.rand(len(rows), L + 1, generator=generator).to(x0.device)
+        u = self.example_uniform(rows, (L + 1,), generator=generator)
         x_t = self.diffusion.kernel(u[:, 0]).sample(x0, u=u[:, 1:])
         masked = x_t == self.diffusion.mask_id
         logits = self.logits(x_t, actions[:, 1:].reshape(-1), src, pad, tgt_pose)
@@ -192,17 +191,18 @@ class MaskedWorldModel(GenLabModule):
         h = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
         warm = max(h.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 1.0))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return per_step(opt, lambda s: lr_factor(s, warm))
 
     # -- generation -------------------------------------------------------------------------------
     def decode(self, actions: torch.Tensor, src: torch.Tensor, pad: torch.Tensor,
-               target_pose: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generate N views from all-masked tokens by confidence decoding: (N, L) long."""
+               target_pose: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               steps: int | None = None) -> torch.Tensor:
+        """Generate N views from all-masked tokens by confidence decoding (``steps``, default
+        ``decode_steps``): (N, L) long."""
         L = self.hparams.view ** 2
         x = torch.full((len(actions), L), self.diffusion.mask_id, dtype=torch.long, device=src.device)
         fn = lambda tok, t: self.logits(tok, actions, src, pad, target_pose)  # noqa: E731
-        return confidence_decode(fn, x, self.hparams.decode_steps, self.diffusion.mask_id, schedule="cosine",
+        return confidence_decode(fn, x, steps or self.hparams.decode_steps, self.diffusion.mask_id, schedule="cosine",
                                  temperature=0.0, generator=generator, counter=self.nfe).x
 
     @torch.no_grad()
@@ -214,7 +214,7 @@ class MaskedWorldModel(GenLabModule):
         return pred.reshape(views.shape[0], views.shape[1] - 1, -1)
 
     @torch.no_grad()
-    def rollout(self, batch: dict) -> torch.Tensor:
+    def rollout(self, batch: dict, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Free-running rollout (B, T+1, L): view 0 given, every later view generated from the model's
         own earlier generations (context, memory bank entries and recurrent state alike)."""
         views, poses, actions = batch["x"], batch["poses"], batch["actions"]
@@ -226,16 +226,36 @@ class MaskedWorldModel(GenLabModule):
             state = self.states(gen, poses, upto=t)[:, t] if self.hparams.variant == "recurrent" else None
             src, pad = self.source_tokens(gen, poses, batch["memory"], tt, state)
             tgt_pose = poses[:, t] if self.hparams.variant == "recurrent" else None
-            gen[:, t] = self.decode(actions[:, t], src, pad, tgt_pose)
+            gen[:, t] = self.decode(actions[:, t], src, pad, tgt_pose, generator, steps)
         return gen
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_trajectory: bool = False, **opts):
-        """Rollouts of the first ``n`` test trajectories' action sequences: (n, T+1, L)."""
-        dm = self.trainer.datamodule
-        dm.setup()
-        ds = dm.test_set
-        batch = {"x": ds.x[:n], **{k: v[:n] for k, v in ds.extras.items()}}
-        return self.rollout({k: v.to(self.device) for k, v in batch.items()})
+    @generation
+    def sample(
+        self,
+        n: int,
+        *,
+        steps: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        cond: dict | None = None,
+        return_trajectory: bool = False,
+        **guidance,
+    ) -> SampleResult:
+        """Free-running rollouts x (n, T+1, L) of the trajectories ``cond`` (a batch: views, poses,
+        actions, memory; default the first ``n`` test trajectories), every view by ``steps`` of the
+        ``confidence`` decoder (default ``decode_steps``); ``nfe``: decoder passes per rollout."""
+        choose("MaskedWorldModel.sample: solver", solver, "confidence", ("confidence",))
+        sample_options(self, guidance)
+        if return_trajectory:
+            raise ValueError("MaskedWorldModel.sample: the rollout is the result; return_trajectory is not available")
+        if cond is None:
+            dm = self.trainer.datamodule
+            dm.setup()
+            ds = dm.test_set
+            cond = {"x": ds.x[:n], **{k: v[:n] for k, v in ds.extras.items()}}
+        calls = self.nfe.calls
+        x = self.rollout({k: v.to(self.device) for k, v in cond.items()}, steps, generator)
+        return SampleResult(x=x, times=torch.arange(x.shape[1]), nfe=self.nfe.calls - calls)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _add(self, key: str, hits: torch.Tensor, sel: torch.Tensor) -> None:

@@ -219,15 +219,16 @@ def sample_phase_space(
     score: Score,
     n: int,
     dim: int,
-    nfe: int,
+    steps: int,
     method: str = "split",
     grid: str = "uniform",
     generator: torch.Generator | None = None,
     **kwargs: Any,
 ) -> SampleResult:
     """Prior draw at T, then integrate to t_min with ``method`` (em | heun | split | split_ode)
-    on a ``grid`` (uniform | quadratic) of steps_for_nfe(method, nfe) steps."""
-    times = time_grid(process.T, process.t_min, steps_for_nfe(method, nfe), grid)
+    on a ``grid`` (uniform | quadratic) of ``steps`` steps (steps_for_nfe gives the steps of an
+    evaluation budget)."""
+    times = time_grid(process.T, process.t_min, steps, grid)
     u = process.prior_sample(n, dim, generator)
     if method == "em":
         return phase_space_em(u, times, process=process, score=score, generator=generator, **kwargs)

@@ -33,7 +33,7 @@ class OracleGenerator(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def generate(self, prompts, num_steps=None, guidance=None, sampler=None, generator=None):
+    def generate(self, prompts, *, steps=None, solver=None, guidance=None, generator=None, batch_size=256, **options):
         self.guidances.append(guidance)
         rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
         if self.mode == "blank":

@@ -11,8 +11,7 @@ from core.tasks.shapes import render_batch, sample_scene, sample_training_metada
 from core.tasks.shapes.grammar import COLORS, SHAPES, Tokenizer, caption
 from core.tasks.shapes.prompts import load_eval_prompts, single
 from experiments.multimodal_text_image import claims
-from modules.multimodal_text_image import (
-    MultimodalTextImage,
+from modules.caption_parsing import (
     captions_true,
     first_per_category,
     object_multiset,
@@ -20,6 +19,7 @@ from modules.multimodal_text_image import (
     parse_tokens,
     shuffled_consistency,
 )
+from modules.multimodal_text_image import MultimodalTextImage
 from modules.nets.mmdit import MMDiT
 from suite.results import VariantResult
 
@@ -173,19 +173,22 @@ def test_conditional_sampling_keeps_the_condition_exactly():
     m = _module()
     tok = Tokenizer().encode(["a red circle", "two squares", "a circle above a square"])
     g = torch.Generator().manual_seed(0)
-    out = m.sample(3, generator=g, tokens=tok, guidance=2.0)
+    out = m.sample(3, generator=g, cond=tok, guidance=2.0)
     assert torch.equal(out.x[1], tok) and out.x[0].shape == (3, 3, 32, 32)
     assert out.nfe > 4  # guidance adds the unconditional branch inside the window
     images = torch.rand(3, 3, 32, 32) * 2 - 1
-    out = m.sample(3, generator=g, images=images, steps=3)  # confidence decoder: 4 tokens per step
+    out = m.sample(3, generator=g, cond=images, steps=3)  # confidence decoder: 4 tokens per step
     assert torch.equal(out.x[0], images) and (out.x[1] != m.net.mask_id).all() and out.nfe == 3
     m.hparams.text_decoder = "ancestral"
-    out = m.sample(3, generator=g, images=images, steps=3)
+    out = m.sample(3, generator=g, cond=images, steps=3)
     assert torch.equal(out.x[0], images) and (out.x[1] != m.net.mask_id).all()
     joint = m.sample(2, generator=g)
     assert (joint.x[1] != m.net.mask_id).all() and joint.x[0].abs().max() <= 1.0  # clip_x0 = 1
-    with pytest.raises(ValueError, match="not both"):
-        m.sample(3, tokens=tok, images=images)
+    captions = m.sample(3, generator=torch.Generator().manual_seed(0), cond=["a red circle", "two squares",
+                                                                          "a circle above a square"])
+    assert torch.equal(captions.x[1], tok)  # caption strings are tokenized into the same condition
+    with pytest.raises(TypeError, match="unknown options"):
+        m.sample(3, tokens=tok)
 
 
 def test_loss_is_finite_and_keyed_by_example_index():

@@ -46,6 +46,6 @@ def test_sampling_shapes_and_conditioning():
     assert (c[:, 0] < 2).all() and (c[:, 1] < 3).all()
     given = (torch.randn(7, 2), torch.tensor([[0, 2]] * 7))
     for replacement in (False, True):
-        x, c = m.sample(7, given=given, generate=[0], replacement=replacement).x
+        x, c = m.sample(7, cond=given, generate=[0], replacement=replacement).x
         assert torch.equal(x, given[0]) and (c[:, 1] == 2).all() and (c[:, 0] < 2).all()
     assert 0 < hanley_mcneil_se(0.8, torch.tensor([0, 1] * 50).numpy()) < 0.06

@@ -38,7 +38,7 @@ def test_stem_sample_shape_nfe_and_loss():
     model = Stem(
         n_genes=8, cond_dim=8, cnn_width=8, stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 4}
     )
-    out = model.sample(3, generator=torch.Generator().manual_seed(0), batch=_batch())
+    out = model.sample(3, generator=torch.Generator().manual_seed(0), cond=_batch())
     assert out.x.shape == (3, 5, 8) and out.nfe == 4
     loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
     assert loss.ndim == 0 and float(loss) == pytest.approx(1.0, abs=0.5)  # eps-MSE of a zero-initialised net
@@ -65,5 +65,5 @@ def test_stem_with_learned_variance_trains_and_samples():
     loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
     loss.backward()
     assert torch.isfinite(loss) and model.net.out.weight.grad is not None
-    out = model.sample(2, generator=torch.Generator().manual_seed(0), batch=_batch())
+    out = model.sample(2, generator=torch.Generator().manual_seed(0), cond=_batch())
     assert out.x.shape == (2, 5, 8) and bool(torch.isfinite(out.x).all())

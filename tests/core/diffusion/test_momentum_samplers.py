@@ -49,7 +49,7 @@ def test_sampler_recovers_gaussian_target(name, method, nfe):
     proc = _process(name)
     counter = EvalCounter()
     g = torch.Generator().manual_seed(0)
-    res = sample_phase_space(proc, exact_score(proc), 4000, 2, nfe, method, generator=g, counter=counter)
+    res = sample_phase_space(proc, exact_score(proc), 4000, 2, steps_for_nfe(method, nfe), method, generator=g, counter=counter)
     x = data_part(res.x).double()
     assert counter.calls == nfe == res.nfe
     torch.testing.assert_close(torch.cov(x.T), C, atol=0.15, rtol=0.06)
@@ -62,7 +62,7 @@ def test_splitting_beats_euler_maruyama_at_low_nfe():
     err = {}
     for method in ("split", "em"):
         g = torch.Generator().manual_seed(1)
-        x = data_part(sample_phase_space(proc, exact_score(proc), 4000, 2, 8, method, generator=g).x).double()
+        x = data_part(sample_phase_space(proc, exact_score(proc), 4000, 2, steps_for_nfe(method, 8), method, generator=g).x).double()
         err[method] = (torch.cov(x.T) - C).norm().item()
     assert err["split"] < 0.5 * err["em"], err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.diffusion.flow import linear_sde
 from core.diffusion.solvers import euler_maruyama, time_grid
 from datamodules.shapes import ShapesDataModule
 from modules.t2i import TextToImage
@@ -62,22 +63,23 @@ def test_generate_shapes_range_and_determinism(model, sampler):
         "a red circle",
         {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}]},
     ]
-    a = model.generate(prompts, num_steps=2, sampler=sampler, generator=torch.Generator().manual_seed(0))
-    b = model.generate(prompts, num_steps=2, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    a = model.generate(prompts, steps=2, solver=sampler, generator=torch.Generator().manual_seed(0))
+    b = model.generate(prompts, steps=2, solver=sampler, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, b)
 
 
 def test_sde_keeps_the_flow_marginals(model):
     """Data x0 ~ N(0, s^2): the exact velocity is linear, E[eps - x0 | x_t] = (t - (1-t) s^2) x / var_t;
-    the reverse SDE of sde_coefficients started from N(0, 1) must end at N(0, s^2)."""
+    the reverse SDE with g(t) = a t (core.diffusion.flow.linear_sde, the model's ``em`` solver) started
+    from N(0, 1) must end at N(0, s^2)."""
     s = 0.5
 
     def velocity(x, t):
         tt = t.view(-1, 1)
         return (tt - (1 - tt) * s**2) / ((1 - tt) ** 2 * s**2 + tt**2) * x
 
-    drift, diffusion = model.sde_coefficients(velocity)
+    drift, diffusion = linear_sde(velocity, model.hparams.sde_noise)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 1, generator=g, dtype=torch.float64)
     out = euler_maruyama(

@@ -12,8 +12,15 @@ training examples; the loss noise fixed by a seeded generator through ``compute_
   sharpness/hcrit_proj        H_crit with |g|^2 = (g . v1)^2 averaged over the last ``window`` measurements
   sharpness/hcrit_full        H_crit with |g|^2 = full gradient norm^2 averaged over the same window
   sharpness/n_hvp             Hessian-vector products used by this estimate (cost in ~2 gradient evals each)
-The model's parameters, ``.grad`` and train/eval mode are left as they are (tested). A plot of sharpness
-against steps with the thresholds goes through modules.media at the end of fit.
+The model's parameters, ``.grad`` and train/eval mode are left as they are (tested), and so are the
+global RNG and the module's NFE counter (callbacks.isolation.measuring). A plot of sharpness against
+steps with the thresholds goes through modules.media at the end of fit.
+
+Works on any module with ``compute_loss(batch, generator=None)`` (its loss noise then comes from the
+callback's generator). Cost per measurement: ``n_hvp`` Hessian-vector products on the probe batch, each
+a double backward pass (~2-3 gradient evaluations): Lanczos iterations until the top Ritz value settles
+to ``rtol`` (at most ``max_iter``; warm-started from the previous eigenvector, so later measurements
+need fewer), as many again for lambda_max(P^-1 H) under adaptive optimisers, plus one gradient.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections import deque
 import torch
 from lightning.pytorch import Callback
 
+from callbacks.isolation import measuring
 from core.optim.hessian import (
     HessianOperator,
     adam_preconditioner,
@@ -171,7 +179,8 @@ class SharpnessCallback(Callback):
             return
         self._last_step = step  # once per optimiser step, also under gradient accumulation
         if trainer.is_global_zero:
-            values = self.measure(trainer, pl_module)
+            with measuring(pl_module):
+                values = self.measure(trainer, pl_module)
             self.history.append({"step": step, **values})
             for k, v in values.items():
                 if math.isfinite(v):

@@ -10,7 +10,7 @@ from modules.media import log_figure, log_images
 
 
 class SamplesCallback(L.Callback):
-    """Calls ``pl_module.sample(n, generator)`` on rank 0 every ``every_n_steps`` and at the end of
+    """Calls ``pl_module.sample(n, generator=...)`` (modules/sampling.py's interface) on rank 0 every ``every_n_steps`` and at the end of
     training. 2-D samples are drawn over (a subsample of) ``datamodule.train_tensor()``; samples of
     shape (n, C, H, W), or flat (n, side*side), are shown as a grid."""
 

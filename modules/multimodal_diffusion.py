@@ -258,7 +258,7 @@ class MultimodalDiffusion(GenLabModule):
         out = self.sample(
             rows * K,
             generator=torch.Generator().manual_seed(seed),
-            given=(x, c),
+            cond=(x, c),
             generate=[target_group],
             replacement=h.time_mode == "shared",
         ).x

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from core.tasks.synthetic_tissue import write_synthetic_dataset
+from core.tasks.synthetic_tissue_files import write_synthetic_dataset
 from suite.results import Claim, VariantResult
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.tasks.synthetic_tissue import write_synthetic_dataset
+from core.tasks.synthetic_tissue_files import write_synthetic_dataset
 from datamodules.spatial import SpatialTranscriptomicsDataModule, dihedral
 from datamodules.spatial_io import Slide, SpatialDataError, read_hest_slide, select_gene_panel
 

@@ -19,11 +19,9 @@ import math
 
 import lightning as L
 import torch
-from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
-from modules.media import log_images, log_table
-from core.eval.features import FeatureNet, train_feature_net
+from core.eval.features import FeatureNet, extract_features, train_feature_net
+from core.eval.frechet import frechet_distance
 from core.tasks.shapes import (
     TAGS,
     evaluate,
@@ -32,17 +30,7 @@ from core.tasks.shapes import (
     load_eval_prompts,
     subset_per_category,
 )
-
-
-class ShapesFeatures(nn.Module):
-    """FeatureNet.features as torchmetrics' ``feature=`` module: (B, 3, H, W) in [-1, 1] -> (B, F)."""
-
-    def __init__(self, net: FeatureNet) -> None:
-        super().__init__()
-        self.net, self.num_features = net, net.num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x)
+from modules.media import log_images, log_table
 
 
 class GenEvalCallback(L.Callback):
@@ -181,9 +169,6 @@ def text_ignoring_floor(truth: torch.Tensor, prompts: list[dict], seed: int = 0,
 
 
 def fid(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """torchmetrics FID in the shapes feature net's features; images (B, 3, H, W) in [0, 1]."""
-    metric = FrechetInceptionDistance(feature=ShapesFeatures(net.eval()), normalize=True)
-    with torch.no_grad():
-        metric.update(real * 2 - 1, real=True)
-        metric.update(fake * 2 - 1, real=False)
-        return float(metric.compute())
+    """FID (core.eval.frechet) in the shapes feature net's features; images (B, 3, H, W) in [0, 1]."""
+    net = net.eval()
+    return frechet_distance(extract_features(net, real * 2 - 1), extract_features(net, fake * 2 - 1))

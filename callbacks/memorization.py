@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from callbacks.periodic import EveryNSteps
 from modules.media import log_figure, log_images
 from core.eval.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
 
@@ -27,7 +28,7 @@ def _as_images(x: torch.Tensor) -> torch.Tensor | None:
     return x.reshape(len(x), 1, side, side)
 
 
-class MemorizationCallback(L.Callback):
+class MemorizationCallback(EveryNSteps):
     """Every ``every_n_steps`` (and at step ``max_steps``) on rank 0: draw ``n`` samples, find their
     two nearest training points, and log
 
@@ -56,12 +57,6 @@ class MemorizationCallback(L.Callback):
             seed,
         )
         self.last: dict[str, float] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        due = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-        if due or (trainer.max_steps > 0 and step == trainer.max_steps):
-            self.measure(trainer, pl_module)
 
     @torch.no_grad()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

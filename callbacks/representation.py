@@ -10,11 +10,12 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from modules.media import log_images
+from callbacks.periodic import EveryNSteps
 from core.eval.memorization import activation_spread, active_row_cosine
+from modules.media import log_images
 
 
-class RepresentationCallback(L.Callback):
+class RepresentationCallback(EveryNSteps):
     """Every ``every_n_steps`` (and at ``max_steps``) on rank 0, on up to ``n`` training examples:
     log ``representation/{cv,std,l4_l2,active_frac}`` (core.eval.memorization) and
     ``representation/row_cosine`` (mean max cosine of active rows to the centred training images),
@@ -23,12 +24,6 @@ class RepresentationCallback(L.Callback):
     def __init__(self, every_n_steps: int = 1000, n: int = 512, n_rows: int = 64, seed: int = 0) -> None:
         self.every_n_steps, self.n, self.n_rows, self.seed = every_n_steps, n, n_rows, seed
         self.last: dict[str, float] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        due = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-        if due or (trainer.max_steps > 0 and step == trainer.max_steps):
-            self.measure(trainer, pl_module)
 
     @torch.no_grad()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

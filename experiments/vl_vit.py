@@ -14,42 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from core.eval.calibration import bootstrap_difference, bootstrap_ece_difference, nll
 from suite.results import Claim, VariantResult
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
-    """L1 ECE with equal-width confidence bins (as torchmetrics); probs (N, K), labels (N,).
-
-    sum_b (n_b / N) |mean conf_b - mean acc_b| = sum_b |sum conf_b - sum acc_b| / N, one scatter-add per
-    statistic (the bootstrap calls this thousands of times)."""
-    conf, pred = probs.max(1)
-    correct = (pred == labels).double()
-    bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, conf.double() - correct)
-    return gap.abs().sum() / len(labels)
-
-
-def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the labels; probs (N, K), labels (N,)."""
-    return -torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).double().mean()
-
-
-def bootstrap_difference(metric, probs_a, probs_b, labels, n_boot: int = 1000,
-                         seed: int = 0) -> tuple[float, float]:
-    """metric(a) - metric(b) on the test set and its paired-bootstrap standard error (the same resampled
-    example indices for both models)."""
-    gen = torch.Generator().manual_seed(seed)
-    diff = float(metric(probs_a, labels) - metric(probs_b, labels))
-    boots = []
-    for _ in range(n_boot):
-        idx = torch.randint(0, len(labels), (len(labels),), generator=gen)
-        boots.append(float(metric(probs_a[idx], labels[idx]) - metric(probs_b[idx], labels[idx])))
-    return diff, float(torch.tensor(boots).std())
-
-
-def bootstrap_ece_difference(probs_a, probs_b, labels, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """ECE(a) - ECE(b) on the test set and its paired-bootstrap standard error."""
-    return bootstrap_difference(expected_calibration_error, probs_a, probs_b, labels, n_boot, seed)
 
 
 def _by_optimizer(variants: dict[str, VariantResult], name: str) -> list[VariantResult]:

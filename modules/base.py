@@ -1,4 +1,5 @@
-"""Base LightningModule of the suite: keyed per-example noise and the evaluation counter."""
+"""Base LightningModule of the suite: keyed per-example noise, the evaluation counter and the
+suite's one learning-rate schedule (:func:`lr_factor`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,29 @@ import lightning as L
 import torch
 
 from core.utils.nfe import EvalCounter
-from core.utils.noise import example_normal, example_uniform
+from core.utils.noise import draw_normal, draw_uniform
+
+
+def lr_factor(step: int, warmup: int, total: int | None = None, floor: float = 0.0) -> float:
+    """Multiplier of the base rate at optimiser step ``step`` (LambdaLR's factor).
+
+    A linear warm-up (step + 1) / warmup over the first ``warmup`` steps; then, when ``total`` is
+    given, a cosine decay floor + (1 - floor) (1 + cos(pi p)) / 2 with progress
+    p = min((step - warmup) / (total - warmup), 1), from 1 at the end of warm-up to ``floor`` at
+    ``total``; without ``total`` the base rate itself. (During warm-up p = 0 and the cosine factor
+    is exactly 1, so the product below is the bare ramp.)
+    """
+    warm = min(1.0, (step + 1) / warmup)
+    if total is None:
+        return warm
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def per_step(optimizer: torch.optim.Optimizer, factor) -> dict:
+    """Lightning's optimizer config with ``LambdaLR(optimizer, factor)`` stepped every optimiser step."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class GenLabModule(L.LightningModule):
@@ -16,7 +39,8 @@ class GenLabModule(L.LightningModule):
 
     * ``noise_seed``: set by run.py from ``seed``; noise drawn through :meth:`example_normal` and
       :meth:`example_uniform` is a function of (noise_seed, global_step, example index, stream)
-      only, so a global batch gets identical noise on 1 or N processes and after a resume.
+      only, so a global batch gets identical noise on 1 or N processes and after a resume; with a
+      ``generator`` (probes, validation) they draw from it instead, in call order.
     * ``nfe``: the suite's one :class:`~core.utils.nfe.EvalCounter` for this module's network evaluations.
     """
 
@@ -26,12 +50,18 @@ class GenLabModule(L.LightningModule):
         super().__init__()
         self.nfe = EvalCounter()
 
-    def example_normal(self, index: torch.Tensor, shape: tuple[int, ...], stream: int = 0) -> torch.Tensor:
-        z = example_normal(index, tuple(shape), self.noise_seed, int(self.global_step), stream)
+    def example_normal(self, index: torch.Tensor, shape: tuple[int, ...], stream: int = 0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """(len(index), *shape) standard normals, float32 on the module's device (see the class)."""
+        z = draw_normal(index, tuple(shape), seed=self.noise_seed, step=int(self.global_step), stream=stream,
+                        generator=generator)
         return z.to(self.device)
 
-    def example_uniform(self, index: torch.Tensor, shape: tuple[int, ...], stream: int = 0) -> torch.Tensor:
-        u = example_uniform(index, tuple(shape), self.noise_seed, int(self.global_step), stream)
+    def example_uniform(self, index: torch.Tensor, shape: tuple[int, ...], stream: int = 0,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """(len(index), *shape) Uniform(0, 1), float32 on the module's device (see the class)."""
+        u = draw_uniform(index, tuple(shape), seed=self.noise_seed, step=int(self.global_step), stream=stream,
+                         generator=generator)
         return u.to(self.device, torch.float32)
 
     def warmup_cosine(self, optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict:
@@ -40,12 +70,4 @@ class GenLabModule(L.LightningModule):
         max_steps = self.trainer.max_steps if self.trainer is not None else -1
         total = int(max_steps) if max_steps and max_steps > 0 else 10_000
         warm = max(min(warmup_steps, total // 10), 1)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min((step - warm) / max(total - warm, 1), 1.0)
-            return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return per_step(optimizer, lambda step: lr_factor(step, warm, total, floor=0.1))

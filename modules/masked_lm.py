@@ -25,10 +25,11 @@ import torch
 
 from core.tasks.checkable import make_task
 from core.diffusion.masked import MaskedDiffusion, confidence_decode
-from core.search.prism import SelfVerifier, auroc
+from core.eval.auroc import auroc
+from core.search.prism import SelfVerifier
 from core.search.evaluate import BatchResult, SearchConfig, evaluate_problems, summarize
 from core.search.self_verification import generation_loss, own_samples, verification_loss
-from modules.base import GenLabModule
+from modules.base import GenLabModule, lr_factor, per_step
 from modules.nets.masked_transformer import MaskedTransformer
 
 
@@ -116,11 +117,9 @@ class MaskedDiffusionLM(GenLabModule):
         out = {}
         loss = torch.zeros(())
         if not round2 or hp.round2_gen:
-            if keyed:  # per-example draws keyed by (seed, step, index): the same on any world size
-                t = self.example_uniform(index, (1,), stream=0).cpu()[:, 0]
-                u = self.example_uniform(index, (task.gen_len,), stream=1).cpu()
-            else:
-                t, u = torch.rand(B, generator=g), torch.rand(B, task.gen_len, generator=g)
+            gen = None if keyed else g  # keyed: per-example draws by (seed, step, index), the same on any world size
+            t = self.example_uniform(index, (1,), stream=0, generator=gen).cpu()[:, 0]
+            u = self.example_uniform(index, (task.gen_len,), stream=1, generator=gen).cpu()
             out["loss_gen"] = generation_loss(self.model_fn, task, self.proc, p, t.clamp_min(1e-3), u)
             loss = loss + out["loss_gen"]
         nv = B if round2 else min(B, max(2, int(B * hp.verify_frac)))
@@ -211,13 +210,10 @@ class MaskedDiffusionLM(GenLabModule):
         opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         warm = max(1, r1 // 20)
 
-        def factor(s: int) -> float:  # warm-up + cosine over round 1, then a constant verify_lr x lr
-            if s >= r1:
-                return hp.verify_lr
-            return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / r1))
+        def factor(s: int) -> float:  # the warm-up ramps a cosine over round 1, then a constant verify_lr x lr
+            return hp.verify_lr if s >= r1 else lr_factor(s, warm) * 0.5 * (1 + math.cos(math.pi * s / r1))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return per_step(opt, factor)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -44,7 +44,8 @@ from __future__ import annotations
 import torch
 
 from core.eval.crps import crps_samples
-from core.eval.features import extract_features, frechet_distance, train_feature_net
+from core.eval.features import extract_features, train_feature_net
+from core.eval.frechet import frechet_distance
 from core.eval.distances import mmd_rbf, sliced_w2
 from core.diffusion.phase_space_solvers import data_part, sample_phase_space, splitting_sampler, steps_for_nfe
 from core.diffusion.phase_space import make_phase_space_process, variational_objective

@@ -22,13 +22,14 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.metrics import r2_score
 
 from modules.media import log_table
 from core.diffusion.masked import MaskedDiffusion
 from core.diffusion.multimodal import MultimodalProcess, Part
 from core.diffusion.processes import VP
 from core.diffusion.solvers import SampleResult
+from core.eval.auroc import auroc
 from core.eval.tabular import GaussianCopula, sample_marginals, tabular_metrics
 from modules.base import GenLabModule
 from modules.sampling import choose, generation, multimodal_sample, sample_options

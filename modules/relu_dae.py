@@ -82,10 +82,7 @@ class ReLUDAE(GenLabModule):
         x0 = batch["x"]
         if x0.ndim != 2 or x0.shape[1] != self.hparams.dim:
             raise ValueError(f"ReLUDAE expects flat inputs (B, {self.hparams.dim}), got {tuple(x0.shape)}")
-        if generator is not None:
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-        else:
-            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]))
+        eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), generator=generator)
         return self.denoising_loss(x0, eps).mean()
 
     # -- Lightning hooks --------------------------------------------------------------------------

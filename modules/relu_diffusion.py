@@ -118,12 +118,8 @@ class ReLUDiffusion(GenLabModule):
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean over the batch of |x0_hat(x0 + sigma eps, sigma) - x0|^2 / d, sigma log-uniform."""
         x0 = batch["x"]
-        if generator is not None:
-            u = torch.rand(len(x0), generator=generator).to(x0)
-            eps = torch.randn(x0.shape, generator=generator).to(x0)
-        else:
-            u = self.example_uniform(batch["index"], (), stream=0)
-            eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1)
+        u = self.example_uniform(batch["index"], (), stream=0, generator=generator)
+        eps = self.example_normal(batch["index"], tuple(x0.shape[1:]), stream=1, generator=generator)
         sigma = self.process.sigma(u)
         return (self(x0 + sigma[:, None] * eps, sigma) - x0).pow(2).mean()
 

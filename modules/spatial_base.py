@@ -27,19 +27,32 @@ def section(given: dict | None, defaults: dict, name: str) -> dict:
 
 
 class SpatialPredictor(GenLabModule):
-    """Base class; subclasses implement ``compute_loss`` and ``predict_spots``."""
+    """The shared constructor of Stem and STRegression (their one signature, so one ``module`` config
+    drives both). Args: n_genes; encoder ``image`` (joint CNN on patches) or ``embedding``
+    (precomputed / frozen features of width ``embedding_dim``); cond_dim (CNN output); cnn_width;
+    lr, weight_decay, warmup_steps (AdamW, warm-up then cosine); truth_samples (draws of the true
+    conditional per spot on synthetic tissue); ``stem`` and ``regression``: the two models' sections.
+
+    Subclasses name their section and its defaults (``section_name``, ``section_defaults``), build
+    their head from it in :meth:`build` (after the encoder), and implement ``compute_loss`` and
+    ``predict_spots``."""
+
+    section_name: str = ""
+    section_defaults: dict = {}
 
     def __init__(
         self,
-        n_genes: int,
-        encoder: str,
-        embedding_dim: int,
-        cond_dim: int,
-        cnn_width: int,
-        lr: float,
-        weight_decay: float,
-        warmup_steps: int,
-        truth_samples: int,
+        n_genes: int = 64,
+        encoder: str = "image",
+        embedding_dim: int = 0,
+        cond_dim: int = 128,
+        cnn_width: int = 16,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        truth_samples: int = 100,
+        stem: dict | None = None,
+        regression: dict | None = None,
     ) -> None:
         super().__init__()
         self.encoder = PatchEncoder(encoder, embedding_dim, cond_dim, cnn_width)
@@ -47,6 +60,13 @@ class SpatialPredictor(GenLabModule):
         self.register_buffer("target_std", torch.ones(n_genes))
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_parts: list[dict[str, torch.Tensor]] = []
+        self.save_hyperparameters()
+        given = {"stem": stem, "regression": regression}[self.section_name]
+        self.build(section(given, self.section_defaults, self.section_name))
+
+    def build(self, cfg: dict) -> None:
+        """The model's own head from its config section (the other section is left alone)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ data scale
 

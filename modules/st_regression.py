@@ -11,43 +11,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from modules.spatial_base import SpatialPredictor, section
+from modules.spatial_base import SpatialPredictor
 
 REGRESSION_DEFAULTS = {"hidden": 256, "layers": 2, "num_samples": 20}
 
 
 class STRegression(SpatialPredictor):
-    """Shared args as :class:`modules.stem.Stem`; ``regression``: the head (:data:`REGRESSION_DEFAULTS`,
-    ``num_samples`` draws of point + residual noise per spot for the energy distance); ``stem``: Stem's
-    section, unused here."""
+    """The constructor's args: :class:`modules.spatial_base.SpatialPredictor`; ``regression``: the head
+    (:data:`REGRESSION_DEFAULTS`, ``num_samples`` draws of point + residual noise per spot for the
+    energy distance); ``stem``: Stem's section, unused here."""
 
-    def __init__(
-        self,
-        n_genes: int = 64,
-        encoder: str = "image",
-        embedding_dim: int = 0,
-        cond_dim: int = 128,
-        cnn_width: int = 16,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        truth_samples: int = 100,
-        stem: dict | None = None,
-        regression: dict | None = None,
-    ) -> None:
-        super().__init__(
-            n_genes,
-            encoder,
-            embedding_dim,
-            cond_dim,
-            cnn_width,
-            lr,
-            weight_decay,
-            warmup_steps,
-            truth_samples,
-        )
-        self.save_hyperparameters()
-        cfg = section(regression, REGRESSION_DEFAULTS, "regression")
+    section_name, section_defaults = "regression", REGRESSION_DEFAULTS
+
+    def build(self, cfg: dict) -> None:
+        n_genes = self.hparams.n_genes
         layers: list[nn.Module] = []
         width = self.encoder.out_dim
         for _ in range(cfg["layers"]):

@@ -20,7 +20,7 @@ import torch
 from core.diffusion.discrete_ddpm import LinearBetaDDPM, strided_ancestral_sample, vlb_term
 from core.diffusion.solvers import SampleResult
 from modules.nets.gene_dit import GeneDiT
-from modules.spatial_base import SpatialPredictor, section
+from modules.spatial_base import SpatialPredictor
 from modules.sampling import choose, generation, sample_options
 
 STEM_DEFAULTS = {
@@ -39,40 +39,15 @@ STEM_DEFAULTS = {
 
 
 class Stem(SpatialPredictor):
-    """Args (shared with STRegression): n_genes; encoder ``image`` (joint CNN on patches) or
-    ``embedding`` (precomputed / frozen features of width ``embedding_dim``); cond_dim (CNN output);
-    cnn_width; lr, weight_decay, warmup_steps (AdamW, warm-up then cosine); truth_samples (draws of the
-    true conditional per spot on synthetic tissue). ``stem``: the DiT and diffusion settings
-    (:data:`STEM_DEFAULTS`); ``regression``: the baseline's section, unused here.
+    """The constructor's args (shared with STRegression): :class:`modules.spatial_base.SpatialPredictor`;
+    ``stem``: the DiT and diffusion settings (:data:`STEM_DEFAULTS`); ``regression``: the baseline's
+    section, unused here.
     """
 
-    def __init__(
-        self,
-        n_genes: int = 64,
-        encoder: str = "image",
-        embedding_dim: int = 0,
-        cond_dim: int = 128,
-        cnn_width: int = 16,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        truth_samples: int = 100,
-        stem: dict | None = None,
-        regression: dict | None = None,
-    ) -> None:
-        super().__init__(
-            n_genes,
-            encoder,
-            embedding_dim,
-            cond_dim,
-            cnn_width,
-            lr,
-            weight_decay,
-            warmup_steps,
-            truth_samples,
-        )
-        self.save_hyperparameters()
-        cfg = section(stem, STEM_DEFAULTS, "stem")
+    section_name, section_defaults = "stem", STEM_DEFAULTS
+
+    def build(self, cfg: dict) -> None:
+        n_genes = self.hparams.n_genes
         self.cfg = cfg
         self.schedule = LinearBetaDDPM(cfg["diffusion_steps"], cfg["beta_start"], cfg["beta_end"])
         self.net = GeneDiT(

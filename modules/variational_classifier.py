@@ -26,7 +26,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from core.optim.ivon import IVON
-from modules.base import GenLabModule
+from modules.base import GenLabModule, lr_factor, per_step
 from modules.eos import make_mlp
 from modules.nets.vit import ViT
 
@@ -57,16 +57,6 @@ def resnet18_small(channels: int, image_size: int, num_classes: int) -> nn.Modul
     model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return nn.Sequential(nn.Unflatten(1, (channels, image_size, image_size)), model)
-
-
-def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the base rate at ``step``: linear warm-up (step + 1) / warmup, then 'cosine' decay
-    from 1 at step ``warmup`` to 0 at ``total`` or 'constant' 1."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
 
 
 class VariationalClassifier(GenLabModule):
@@ -186,10 +176,9 @@ class VariationalClassifier(GenLabModule):
         total = max(int(self.trainer.max_steps), 1)
         if hp.warmup_steps == 0:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule_factor(
-                step, total, hp.warmup_steps, hp.lr_schedule))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        end = total if hp.lr_schedule == "cosine" else None  # warm-up, then cosine to 0 or constant
+        return per_step(opt, lambda step: lr_factor(step, hp.warmup_steps, end))
 
     def _ivon(self) -> IVON | None:
         if self._trainer is None or not self.trainer.optimizers:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from suite.errors import ConfigError
 
 INJECTED = {"output_dir", "seed"}  # arguments run.py passes to job functions itself
+FIRST_PARTY = ("core", "modules", "datamodules", "callbacks", "experiments", "suite")
 
 
 @dataclass
@@ -41,11 +42,28 @@ def _find_def(target: str, key: str) -> tuple[list[Param], bool] | None:
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == attr:
             init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-            return _params(init, skip_first=True) if init else None
+            return _params(init, skip_first=True) if init else _inherited_init(tree, node, key)
         if isinstance(node, ast.FunctionDef) and node.name == attr:
             return _params(node, skip_first=False)
     names = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))]
     raise ConfigError(f"{key}._target_: {module_name} defines no {attr!r}; it defines {', '.join(names)}")
+
+
+def _inherited_init(tree: ast.Module, cls: ast.ClassDef, key: str) -> tuple[list[Param], bool] | None:
+    """The __init__ a class without one inherits from its first base, when that base is imported by
+    name from one of the suite's own packages (``from modules.spatial_base import SpatialPredictor``;
+    third-party bases are not looked up: that would import them)."""
+    if not cls.bases or not isinstance(cls.bases[0], ast.Name):
+        return None
+    base = cls.bases[0].id
+    for node in tree.body:
+        if (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FIRST_PARTY
+                and any(a.name == base and a.asname is None for a in node.names)):
+            try:
+                return _find_def(f"{node.module}.{base}", key)
+            except ConfigError:
+                return None
+    return None
 
 
 def target_params(target: str, key: str) -> list[str]:

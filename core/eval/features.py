@@ -1,4 +1,4 @@
-"""The suite's in-suite feature networks and the FID-style distance built on them.
+"""The suite's in-suite feature networks (the FID-style distance on them: core.eval.frechet).
 
 Inception weights cannot be downloaded here, so each image domain (MNIST, sklearn digits, shapes)
 gets a small CNN classifier trained on its own real data. Its penultimate activations are the
@@ -7,8 +7,6 @@ features of a Frechet distance (FID's formula) and its predictions give class ra
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.linalg
 import torch
 from torch import nn
 
@@ -16,8 +14,7 @@ from torch import nn
 class FeatureNet(nn.Module):
     """Small CNN classifier: images (B, C, H, W) in [-1, 1] -> logits (B, num_classes).
 
-    ``features(x)`` returns the (B, num_features) penultimate activations; ``num_features`` is
-    exposed so the module can be torchmetrics' ``FrechetInceptionDistance(feature=...)``.
+    ``features(x)`` returns the (B, num_features) penultimate activations (``num_features`` wide).
     """
 
     def __init__(self, in_channels: int = 1, size: int = 28, num_classes: int = 10, width: int = 32) -> None:
@@ -89,13 +86,3 @@ def class_rates(net: FeatureNet, images: torch.Tensor, batch_size: int = 512) ->
     """Fraction of images assigned to each class, shape (num_classes,)."""
     preds = torch.cat([net(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
     return torch.bincount(preds, minlength=net.head.out_features).float() / len(preds)
-
-
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
-    """FID's formula |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}) on (n, k) feature sets."""
-    a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from core.eval.auroc import auroc
+
 MEMORIZATION_THRESHOLD = 1.0 / 3.0
 
 
@@ -183,13 +185,11 @@ def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> None:
 def detection_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     """AUROC of ``scores`` (higher = memorised) against boolean ``labels`` (True = memorised);
     None when one class is absent (the AUROC is undefined)."""
-    from torchmetrics.functional.classification import binary_auroc
-
     _check_scores(scores, labels)
     labels = labels.long()
     if labels.min() == labels.max():
         return None
-    return float(binary_auroc(scores.float(), labels))
+    return auroc(scores.float(), labels)
 
 
 def tpr_at_fpr(scores: torch.Tensor, labels: torch.Tensor, max_fpr: float = 0.01) -> float | None:

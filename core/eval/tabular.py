@@ -30,10 +30,12 @@ import numpy as np
 from scipy.stats import ks_2samp, norm
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, r2_score, roc_auc_score
+from sklearn.metrics import f1_score, r2_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import PolynomialFeatures, QuantileTransformer, StandardScaler
+
+from core.eval.auroc import auroc
 
 Table = tuple[np.ndarray, np.ndarray]
 
@@ -145,7 +147,7 @@ def c2st_auc(
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         scaler = StandardScaler().fit(X[tr])
         clf = LogisticRegression(C=0.1, max_iter=300).fit(scaler.transform(X[tr]), y[tr])
-        aucs.append(roc_auc_score(y[te], clf.decision_function(scaler.transform(X[te]))))
+        aucs.append(auroc(clf.decision_function(scaler.transform(X[te])), y[te]))
     return float(np.mean(aucs))
 
 
@@ -175,7 +177,7 @@ def mle_score(
     model.fit(Xtr, ytr)
     if k == 2:
         proba = model.predict_proba(Xte)[:, list(model.classes_).index(1)] if 1 in model.classes_ else 0 * yte
-        return float(roc_auc_score(yte, proba))
+        return auroc(proba, yte)
     return float(f1_score(yte, model.predict(Xte), average="macro"))
 
 

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.eval.auroc import auroc, within_group_auroc
 from core.utils.nfe import EvalCounter
 from core.search.prism import (
     PrismConfig,
     SelfVerifier,
-    auroc,
     best_of_n,
     majority_vote,
     prism,
     sample_candidates,
     verification_by_step,
-    within_problem_auroc,
 )
 
 PRISM_VARIANTS = {"prism": {}, "prism_no_remask": {"remask": False}, "prism_no_sv": {"self_verify": False}}
@@ -173,7 +172,7 @@ def _auroc_metrics(s: torch.Tensor, r: torch.Tensor) -> dict[str, float]:
     au = auroc(s, r)
     if au == au:
         out["test/sv_auroc"] = au
-    wp, n_mixed = within_problem_auroc(s, r)
+    wp, n_mixed = within_group_auroc(s, r)
     if wp == wp:
         out["test/sv_auroc_within_problem"] = wp
     out["test/sv_n_mixed_problems"] = float(n_mixed)

@@ -241,33 +241,3 @@ def verification_by_step(model_fn: ModelFn, prompts: torch.Tensor, steps: int, m
         comps.append(greedy)
         scores.append(verifier(greedy, counter))
     return torch.stack(comps), torch.stack(scores)
-
-
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve (Mann-Whitney U from average ranks, ties count 1/2); NaN when one class
-    is empty. O(n log n), so pooled over tens of thousands of candidates it needs no (pos x neg) matrix."""
-    s, y = scores.double().flatten(), labels.bool().flatten()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    uniq, inv, counts = torch.unique(s, return_inverse=True, return_counts=True)
-    upto = counts.cumsum(0).double()
-    avg_rank = upto - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
-    rank_sum = avg_rank[inv][y].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def within_problem_auroc(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Mean AUROC among each problem's own candidates: scores, labels (P, N); only problems with both
-    right and wrong candidates count. Returns (mean AUROC or NaN, number of such problems). Best-of-N
-    needs this ranking, not the pooled AUROC (which also rewards telling easy problems from hard)."""
-    s, y = scores.double(), labels.bool()
-    gt = (s.unsqueeze(2) > s.unsqueeze(1)).double()  # (P, N, N): candidate i scored above j
-    eq = (s.unsqueeze(2) == s.unsqueeze(1)).double()
-    pair = (y.unsqueeze(2) & ~y.unsqueeze(1)).double()  # i right, j wrong
-    n_pairs = pair.sum((1, 2))
-    mixed = n_pairs > 0
-    if not bool(mixed.any()):
-        return float("nan"), 0
-    per = ((gt + 0.5 * eq) * pair).sum((1, 2))[mixed] / n_pairs[mixed]
-    return float(per.mean()), int(mixed.sum())

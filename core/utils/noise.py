@@ -63,3 +63,28 @@ def example_normal(
     u1 = example_uniform(index, shape, seed, step, 2 * stream + 1)
     u2 = example_uniform(index, shape, seed, step, 2 * stream + 2)
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).float()
+
+
+def draw_uniform(
+    index: torch.Tensor, shape: tuple[int, ...], *, seed: int, step: int, stream: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniform(0, 1) of shape (len(index), *shape): ``torch.rand`` from ``generator`` when one is given
+    (a fixed draw, e.g. a Hessian probe or a validation batch: successive calls follow the
+    generator's state and ``stream`` is unused), else :func:`example_uniform` keyed by
+    (seed, step, index, stream). The generator draw is float32 on the CPU, the keyed one float64
+    on ``index``'s device; callers cast."""
+    if generator is not None:
+        return torch.rand((len(index), *shape), generator=generator)
+    return example_uniform(index, shape, seed, step, stream)
+
+
+def draw_normal(
+    index: torch.Tensor, shape: tuple[int, ...], *, seed: int, step: int, stream: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Standard normal of shape (len(index), *shape): ``torch.randn`` from ``generator`` when one is
+    given, else :func:`example_normal` keyed by (seed, step, index, stream); float32."""
+    if generator is not None:
+        return torch.randn((len(index), *shape), generator=generator)
+    return example_normal(index, shape, seed, step, stream)

@@ -104,7 +104,7 @@ def test_ivon_under_lightning_closure_equals_manual_steps(tmp_path):
 def test_ece_matches_torchmetrics():
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    from experiments.vl_vit import expected_calibration_error
+    from core.eval.calibration import expected_calibration_error
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(500, 10, generator=g) * 3, -1)
     labels = torch.randint(0, 10, (500,), generator=g)
@@ -242,7 +242,8 @@ def test_vl_vit_claim_decides_by_calibration_with_a_paired_bootstrap(tmp_path):
     claim holds when IVON is the calibrated one, fails when the roles are swapped."""
     from omegaconf import OmegaConf
 
-    from experiments.vl_vit import bootstrap_ece_difference, claims
+    from core.eval.calibration import bootstrap_ece_difference
+    from experiments.vl_vit import claims
 
     g = torch.Generator().manual_seed(0)
     n = 600
@@ -267,12 +268,14 @@ def test_vl_vit_claim_decides_by_calibration_with_a_paired_bootstrap(tmp_path):
 
 
 def test_warmup_then_cosine_schedule():
-    from modules.variational_classifier import schedule_factor
+    from modules.base import lr_factor
 
-    f = [schedule_factor(s, 100, 10, "cosine") for s in range(100)]
+    f = [lr_factor(s, 10, 100) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[55] == pytest.approx(0.5) and all(a >= b for a, b in zip(f[10:], f[11:]))
-    assert schedule_factor(50, 100, 10, "constant") == 1.0
+    assert lr_factor(50, 10) == 1.0
+    g = [lr_factor(s, 10, 100, floor=0.1) for s in range(120)]  # GenLabModule.warmup_cosine's decay
+    assert g[3] == f[3] == 0.4 and g[55] == pytest.approx(0.55) and g[100] == g[119] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="warmup_steps"):
         from modules.variational_classifier import VariationalClassifier
         VariationalClassifier(net="mlp", image_size=2, channels=1, width=4, depth=1, warmup_steps=-1)

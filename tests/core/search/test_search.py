@@ -12,7 +12,6 @@ from core.search.prism import (
     PrismConfig,
     SelfVerifier,
     _duplicates,
-    auroc,
     best_of_n,
     expected_prism_nfe,
     majority_vote,
@@ -22,7 +21,6 @@ from core.search.prism import (
     sample_candidates,
     verification_by_step,
     weighted_vote,
-    within_problem_auroc,
 )
 
 TASK = ArithTask("mul", 3, 2)
@@ -123,12 +121,9 @@ def test_partial_remask_picks_low_confidence_decoded_tokens():
     assert torch.equal(out[~m], x[~m])
 
 
-def test_duplicates_and_auroc():
+def test_duplicates():  # the AUROC's tests: tests/core/eval/test_auroc.py
     x = torch.tensor([[[1, 2], [1, 2], [3, 4], [1, 2]]])
     assert _duplicates(x).tolist() == [[False, True, False, True]]
-    assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
-    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5
-    assert math.isnan(auroc(torch.tensor([0.5]), torch.tensor([1])))
 
 
 def test_verification_by_step_counts_two_passes_per_step():
@@ -139,22 +134,3 @@ def test_verification_by_step_counts_two_passes_per_step():
     assert comps.shape == (TASK.n_answer, 4, TASK.gen_len) and c.items == 4 * 2 * TASK.n_answer
     # the oracle's greedy guess is right
     assert TASK.check(comps[0], torch.stack([a, b], 1)).all() and (scores > 0.99).all()
-
-
-def test_within_problem_auroc_by_hand():
-    scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.8], [0.3, 0.3, 0.3]])
-    labels = torch.tensor([[True, False, False], [True, False, True], [False, False, False]])
-    # problem 0: the right one above both wrong ones -> 1; problem 1: right 0.2 < 0.8 wrong (0),
-    # right 0.8 = 0.8 wrong (1/2) -> 0.25; problem 2 has no right candidate and does not count
-    au, n = within_problem_auroc(scores, labels)
-    assert n == 2 and abs(au - (1.0 + 0.25) / 2) < 1e-12
-    assert math.isnan(within_problem_auroc(scores, torch.zeros(3, 3, dtype=torch.bool))[0])
-
-
-def test_auroc_matches_the_pairwise_definition():
-    g = torch.Generator().manual_seed(0)
-    s = torch.randint(0, 6, (300,), generator=g).float()  # many ties
-    y = torch.rand(300, generator=g) < 0.3
-    pos, neg = s[y], s[~y]
-    ref = (pos[:, None] > neg[None]).double().mean() + 0.5 * (pos[:, None] == neg[None]).double().mean()
-    assert abs(auroc(s, y) - float(ref)) < 1e-12

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from core.eval.features import frechet_distance
+from core.eval.frechet import frechet_distance
 from core.eval.distances import mmd_rbf, sliced_w2
 from core.utils.noise import example_normal, example_uniform
 from core.diffusion.parametrization import TARGETS, target_of, to_eps, to_score, to_x0
@@ -63,3 +63,15 @@ def test_mmd_and_frechet():
     # Frechet distance of N(0, I) and N(m, 4I) in k dims: |m|^2 + k (1 + 4 - 2*2) = |m|^2 + k
     f1, f2 = torch.randn(100_000, 2, generator=gen), 2 * torch.randn(100_000, 2, generator=gen) + 1.0
     assert math.isclose(frechet_distance(f1, f2), 2.0 + 2.0, rel_tol=0.03)
+
+
+def test_draw_uniform_and_normal_follow_the_generator_or_the_key():
+    from core.utils.noise import draw_normal, draw_uniform, example_normal, example_uniform
+
+    idx = torch.tensor([4, 0, 9])
+    g, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    u, z = draw_uniform(idx, (2,), seed=1, step=3, generator=g), draw_normal(idx, (2, 2), seed=1, step=3, generator=g)
+    assert torch.equal(u, torch.rand(3, 2, generator=ref)) and torch.equal(z, torch.randn(3, 2, 2, generator=ref))
+    assert torch.equal(draw_uniform(idx, (2,), seed=1, step=3, stream=4), example_uniform(idx, (2,), 1, 3, 4))
+    assert torch.equal(draw_normal(idx, (), seed=1, step=3), example_normal(idx, (), 1, 3))
+    assert not torch.equal(draw_normal(idx, (), seed=1, step=3), draw_normal(idx, (), seed=1, step=4))

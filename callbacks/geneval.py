@@ -11,6 +11,11 @@ distribution -- shows up next to the score).
   ``overall``, ``heldout`` / ``seen`` (prompts with / without held-out combinations), ``reward``
   (mean partial credit) and ``test/fid_w{w}``; plus ``test/geneval/floor`` (ground-truth renders
   judged against other prompts: a perfect text-ignoring generator) and ``test/geneval/ground_truth``.
+
+Cost: (prompts x images per prompt) generations at each measured validation; at test, as many per
+guidance w, plus the ground-truth renders and a small feature net for the FID (``fid_feature_steps``
+optimiser steps). Generation draws from the callback's own generator (``seed``) and everything runs
+under callbacks.isolation.measuring (the feature net's training seeds the global RNG; it is restored).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import lightning as L
 import torch
 
+from callbacks.isolation import measuring
 from core.eval.features import FeatureNet, extract_features, train_feature_net
 from core.eval.frechet import frechet_distance
 from core.tasks.shapes import (
@@ -71,7 +77,8 @@ class GenEvalCallback(L.Callback):
         if self.n_val % self.every_n_val or not trainer.is_global_zero:
             return
         prompts = subset_per_category(self.prompts, self.prompts_per_category)
-        meta, images = self.generate(pl_module, prompts, self.k, guidance=None)
+        with measuring(pl_module):
+            meta, images = self.generate(pl_module, prompts, self.k, guidance=None)
         scores = geneval_score(images, meta)
         for tag in [*TAGS, "overall"]:
             if tag in scores:
@@ -81,9 +88,14 @@ class GenEvalCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        with measuring(pl_module):
+            metrics = self.test_metrics(trainer, pl_module)
+        for name, value in metrics.items():
+            pl_module.log(name, value, rank_zero_only=True)
+
+    def test_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         prompts = subset_per_category(self.prompts, self.test_prompts_per_category)
-        size = int(getattr(pl_module, "image_size", 32))
-        truth = ground_truth_images(prompts, seed=self.seed, size=size)
+        truth = ground_truth_images(prompts, seed=self.seed, size=image_size(pl_module))
         metrics = {
             "test/geneval/ground_truth": geneval_score(truth, prompts)["overall"],
             "test/geneval/floor": text_ignoring_floor(truth, prompts, self.seed),
@@ -96,8 +108,7 @@ class GenEvalCallback(L.Callback):
             if feature_net is not None:
                 metrics[f"test/fid_w{w:g}"] = fid(feature_net, truth, images)
             self.log_media(trainer, key.replace("test/", "test_"), images, meta)
-        for name, value in metrics.items():
-            pl_module.log(name, value, rank_zero_only=True)
+        return metrics
 
     def state_dict(self) -> dict:
         return {"n_val": self.n_val}
@@ -142,6 +153,13 @@ class GenEvalCallback(L.Callback):
             images[pick] * 2 - 1,
             [f"{meta[i]['prompt']} [{'pass' if ev.passed[i] else 'fail'}]" for i in pick],
         )
+
+
+def image_size(pl_module) -> int:
+    """The side of the module's images: its ``image_size`` attribute or hyperparameter (32 if neither)."""
+    size = getattr(pl_module, "image_size", None)
+    hparams = getattr(pl_module, "hparams", {})
+    return int(size if size is not None else hparams.get("image_size", 32))
 
 
 def summarise(key: str, images: torch.Tensor, meta: list[dict]) -> dict[str, float]:

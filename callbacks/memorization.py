@@ -1,8 +1,13 @@
 """Nearest-neighbour memorization of generated samples, every N training steps.
 
-Works with any module that offers ``sample(n, generator=...)`` returning an object with ``.x`` (or a
-tensor) and any datamodule with ``train_tensor()``: samples and training data are flattened to
-(n, d), so it runs on the 2-D toy diffusion as well as on image models.
+Works with any module that offers ``sample(n, generator=...)`` returning an object with ``.x`` (a
+tensor, or a tuple whose first part is the image, as the joint text-image module returns) and any
+datamodule with ``train_tensor()``: samples and training data are flattened to (n, d), so it runs on
+the 2-D toy diffusion as well as on image models.
+
+Cost per measurement: one ``sample(n)`` call at the module's default steps and an (n, N_train)
+distance matrix. The samples come from the callback's own generator (``seed``), under
+callbacks.isolation.measuring: the run's RNG and NFE counter are left as they were.
 """
 
 from __future__ import annotations
@@ -10,20 +15,31 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from callbacks.isolation import measuring
 from callbacks.periodic import EveryNSteps
 from modules.media import log_figure, log_images
 from core.eval.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
 
 
-def _flat(x) -> torch.Tensor:
+def _tensor(x) -> torch.Tensor:
+    """The samples (or training data) as a CPU float tensor: ``.x`` of a SampleResult, and the first
+    part (the image) of a tuple."""
     x = getattr(x, "x", x)
-    return x.detach().float().cpu().reshape(len(x), -1)
+    x = x[0] if isinstance(x, (tuple, list)) else x
+    return x.detach().float().cpu()
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(len(x), -1)
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor | None:
-    """(n, side*side) -> (n, 1, side, side) when the features form a square image, else None."""
-    side = int(round(x.shape[1] ** 0.5))
-    if side * side != x.shape[1] or side < 4:
+    """(n, C, H, W) as it is; (n, side*side) -> (n, 1, side, side) when the features form a square
+    image; else None."""
+    if x.ndim == 4:
+        return x
+    side = int(round(x[0].numel() ** 0.5))
+    if x.ndim != 2 or side * side != x.shape[1] or side < 4:
         return None
     return x.reshape(len(x), 1, side, side)
 
@@ -65,11 +81,12 @@ class MemorizationCallback(EveryNSteps):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "train_tensor"):
             raise ValueError("MemorizationCallback needs a datamodule with train_tensor()")
-        train = _flat(dm.train_tensor())
+        train = _tensor(dm.train_tensor())
         if len(train) < 2:
             raise ValueError(f"MemorizationCallback needs >= 2 training examples, got {len(train)}")
-        samples = _flat(pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed)))
-        ratio, nn1 = nearest_neighbor_ratio(samples, train)
+        with measuring(pl_module):
+            samples = _tensor(pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed)))
+        ratio, nn1 = nearest_neighbor_ratio(_flat(samples), _flat(train))
         self.last = {
             "memorization/rate": float(memorized(ratio, self.threshold).float().mean()),
             "memorization/ratio_median": float(ratio.median()),
@@ -98,8 +115,7 @@ class MemorizationCallback(EveryNSteps):
             return
         k = min(self.n_pairs, len(samples))
         order = ratio.argsort()[:k]  # the most memorised first
-        pairs = torch.stack([imgs[order], _as_images(train)[nn1[order]]], dim=1).reshape(
-            2 * k, *imgs.shape[1:]
-        )
+        nearest = train[nn1[order]].reshape(k, *imgs.shape[1:])
+        pairs = torch.stack([imgs[order], nearest], dim=1).reshape(2 * k, *imgs.shape[1:])
         captions = [c for i in order.tolist() for c in (f"sample r={ratio[i]:.2f}", f"train #{int(nn1[i])}")]
         log_images(trainer, "memorization/nearest", pairs, captions, nrow=8)

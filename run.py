@@ -6,7 +6,10 @@
     python run.py --report     rebuild the README's experiments table from runs/
     python run.py --help
 
-Config errors exit with code 2 and a one-line message, before torch or Lightning is imported.
+Exit codes: 0 done; 2 a user error (config, data, busy or unwritable output folder, unreadable
+checkpoint), printed in one line without a traceback (config errors before torch is imported);
+3 stopped by the NaN guard; 143 stopped by SIGTERM after writing a checkpoint (continue it with
+ckpt_path=last); 1 a crash, with its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from datamodules.errors import DataError
 from suite.errors import ConfigError
 
 
@@ -48,14 +52,20 @@ def main(argv: list[str]) -> int:
         from suite.runner import run
 
         run(cfg, groups)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as err:
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print("error: stopped by SIGTERM; a checkpoint was written: continue with ckpt_path=last "
+              "(and the same output_dir)", file=sys.stderr)
+        return 143
     except Exception as err:
         if type(err).__name__ != "NonFiniteError":
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 3
     return 0
 
 

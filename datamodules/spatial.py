@@ -95,6 +95,7 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         patch_size: int = 32,
         visium_patch_diameters: float = 2.0,
+        max_unmatched_frac: float = 0.05,
         encoder: str = "image",
         embeddings_subdir: str = "embeddings",
         backbone: str = "resnet18",
@@ -108,6 +109,9 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         data_dir = data_dir or fallback_dir  # fallback_dir: the generated folder used when no path is given
+        if not 0.0 <= max_unmatched_frac <= 1.0:
+            raise SpatialDataError(f"data.max_unmatched_frac: expected a fraction in [0, 1], got {max_unmatched_frac}")
+        self.max_unmatched_frac = max_unmatched_frac
         if not data_dir:
             raise SpatialDataError(
                 "data.data_dir: empty; give a HEST-1k or Visium folder (the experiments "
@@ -142,7 +146,7 @@ class SpatialTranscriptomicsDataModule(L.LightningDataModule):
     def _read(self, slide_id: str) -> Slide:
         if self.layout == "visium":
             return read_visium_slide(self.data_dir / slide_id, self.visium_patch_diameters)
-        return read_hest_slide(self.data_dir, slide_id)
+        return read_hest_slide(self.data_dir, slide_id, self.max_unmatched_frac)
 
     def _split_ids(self, ids: list[str]) -> dict[str, list[str]]:
         if self.val_ids is not None or self.test_ids is not None:

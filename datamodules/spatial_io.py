@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 EXCLUDED_GENE_PREFIXES = ("MT-", "RPS", "RPL")
 
 
-class SpatialDataError(ValueError):
+class SpatialDataError(DataError):
     """A spatial transcriptomics file is missing or malformed."""
 
 
@@ -79,9 +81,10 @@ def _truth_fields(adata) -> tuple[np.ndarray | None, dict | None]:
     return comp, truth
 
 
-def read_hest_slide(data_dir: Path, slide_id: str) -> Slide:
+def read_hest_slide(data_dir: Path, slide_id: str, max_unmatched_frac: float = 0.05) -> Slide:
     """Read ``st/<id>.h5ad`` and ``patches/<id>.h5``; spots are matched to patches by barcode when
-    the patch file has ``barcode``, else by exact centre coordinates; spots without a patch are dropped."""
+    the patch file has ``barcode``, else by exact centre coordinates. Spots without a patch and patches
+    without a spot are dropped and counted; above ``max_unmatched_frac`` of either it is an error."""
     import h5py
 
     st_path = data_dir / "st" / f"{slide_id}.h5ad"
@@ -98,11 +101,14 @@ def read_hest_slide(data_dir: Path, slide_id: str) -> Slide:
                     f"{patch_path}: dataset '{field}' missing; a HEST patch file has 'img' and 'coords'"
                 )
         img, coords = f["img"][:], f["coords"][:]
-        patch_barcodes = [b.decode() for b in f["barcode"][:].reshape(-1)] if "barcode" in f else None
+        patch_barcodes = [_text(b) for b in f["barcode"][:].reshape(-1)] if "barcode" in f else None
     if img.ndim != 4 or img.shape[-1] != 3 or coords.shape != (img.shape[0], 2):
         raise SpatialDataError(
             f"{patch_path}: 'img' {img.shape} / 'coords' {coords.shape}; expected (N, P, P, 3) and (N, 2)"
         )
+    if patch_barcodes is not None and len(patch_barcodes) != img.shape[0]:
+        raise SpatialDataError(f"{patch_path}: {len(patch_barcodes)} entries in 'barcode' but {img.shape[0]} in "
+                               f"'img'; expected one barcode per image")
     barcodes = list(map(str, adata.obs_names))
     if patch_barcodes is not None:
         where = {b: i for i, b in enumerate(patch_barcodes)}
@@ -114,6 +120,7 @@ def read_hest_slide(data_dir: Path, slide_id: str) -> Slide:
         how = "coords"
     if not pairs:
         raise SpatialDataError(f"{patch_path}: no patch matches a spot of {st_path} by {how}")
+    _check_matches(len(pairs), len(barcodes), img.shape[0], st_path, patch_path, how, max_unmatched_frac)
     spot_idx, patch_idx = map(np.asarray, zip(*pairs))
     comp, truth = _truth_fields(adata)
     return Slide(
@@ -174,10 +181,32 @@ def read_visium_slide(folder: Path, patch_diameters: float = 2.0) -> Slide:
     )
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_matches(matched: int, n_spots: int, n_patches: int, st_path: Path, patch_path: Path, how: str,
+                   max_frac: float) -> None:
+    """Count spots without a patch and patches without a spot; too many of either is an error."""
+    no_patch, no_spot = n_spots - matched, n_patches - matched
+    if no_patch or no_spot:
+        print(f"[genlab] {patch_path.stem}: {no_patch} of {n_spots} spots have no patch, {no_spot} of {n_patches} "
+              f"patches match no spot (matched by {how}); both are left out")
+    for count, total, what, path in ((no_patch, n_spots, "spots have no patch", st_path),
+                                     (no_spot, n_patches, "patches match no spot", patch_path)):
+        if count > max_frac * total:
+            raise SpatialDataError(f"{path}: {count} of {total} {what} (matched by {how} with {patch_path.name}); "
+                                   f"at most data.max_unmatched_frac={max_frac} may be unmatched")
+
+
 def list_slide_ids(data_dir: Path, layout: str, metadata_csv: str = "") -> list[str]:
     """Slide ids: the metadata CSV's ``id`` column (HEST; each must have its files), else the files found."""
     import pandas as pd
 
+    if not data_dir.exists():
+        raise SpatialDataError(f"data.data_dir: {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise SpatialDataError(f"data.data_dir: {data_dir} is not a folder")
     if layout == "visium":
         ids = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and any(p.glob("*.h5ad")))
     elif layout == "hest":
@@ -198,7 +227,8 @@ def list_slide_ids(data_dir: Path, layout: str, metadata_csv: str = "") -> list[
     else:
         raise SpatialDataError(f"layout must be 'hest' or 'visium', got {layout!r}")
     if not ids:
-        raise SpatialDataError(f"{data_dir}: no slides found for layout {layout!r}")
+        expected = "st/<id>.h5ad + patches/<id>.h5" if layout == "hest" else "one folder per slide with a *.h5ad"
+        raise SpatialDataError(f"{data_dir}: no slides found for layout {layout!r} (expected {expected})")
     return ids
 
 

@@ -39,7 +39,7 @@ def claims(variants: dict[str, VariantResult], cfg) -> dict[str, Claim]:
         pi, pa = (vi.dir / "test_predictions.pt"), (va.dir / "test_predictions.pt")
         if not pi.exists() or not pa.exists():
             return {"ivon_better_calibrated": Claim.uncomputable(f"missing {pi} or {pa}")}
-        a, b = torch.load(pi), torch.load(pa)
+        a, b = torch.load(pi, weights_only=True), torch.load(pa, weights_only=True)
         if not torch.equal(a["labels"], b["labels"]):
             return {"ivon_better_calibrated": Claim.uncomputable("the variants were tested on different examples")}
         n_test = len(a["labels"])

@@ -170,7 +170,7 @@ class FullBatchEoS(GenLabModule):
         self._trunk_file = self._trunk_path() if self.global_step == 0 else None
         if self._trunk_file is None or not self._trunk_file.exists():
             return
-        state = torch.load(self._trunk_file, map_location=self.device, weights_only=False)
+        state = torch.load(self._trunk_file, map_location=self.device, weights_only=True)
         self.load_state_dict(state["module"])
         for cb, cb_state in zip(self._sharpness_callbacks(), state["callbacks"]):
             cb.load_state_dict(cb_state)

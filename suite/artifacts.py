@@ -36,8 +36,15 @@ def producer_config(spec: DictConfig, groups: dict, key: str) -> DictConfig:
 
 def resolve_artifacts(cfg: DictConfig, groups: dict, produce: Callable[[DictConfig, dict], Path]) -> None:
     """Fill ``cfg.artifacts.<name>`` with the folder of each required artifact, producing it first
-    when no cached copy exists. The producer inherits the requester's debug and scale."""
+    when no cached copy exists. The producer inherits the requester's debug and scale. An artifact
+    with ``unless: <key>`` is skipped (and ``artifacts.<name>`` left empty) when that key is set, e.g.
+    the generated data folder when the user gives ``data.data_dir``."""
     for name, spec in (cfg.requires or {}).items():
+        if spec.get("unless") and OmegaConf.select(cfg, spec.unless):
+            print(f"[genlab] artifact {name!r} not needed: {spec.unless} is given")
+            with open_dict(cfg):
+                cfg.artifacts[name] = ""
+            continue
         sub = producer_config(spec, groups, name)
         folder = ARTIFACT_ROOT / f"{spec.experiment}-{config_hash(sub)}"
         if not (folder / "results.json").exists():

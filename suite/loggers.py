@@ -33,9 +33,9 @@ def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | N
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from suite.csv_log import ResumableCSVLogger
 
-        return CSVLogger(str(save_dir), name="csv", version="")
+        return ResumableCSVLogger(str(save_dir))
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class VariantResult:
     dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    max_steps: int | None = None  # the training horizon it reached (None for a job)
 
     @property
     def history(self) -> Path | None:
@@ -55,12 +57,27 @@ class VariantResult:
     @classmethod
     def load(cls, path: Path) -> VariantResult:
         data = json.loads(path.read_text())
-        return cls(data["name"], data["metrics"], path.parent, data.get("overrides", {}), data.get("seed", 0))
+        return cls(data["name"], data["metrics"], path.parent, data.get("overrides", {}), data.get("seed", 0),
+                   data.get("max_steps"))
 
     def save(self) -> None:
         payload = {"name": self.name, "metrics": clean(self.metrics), "overrides": clean(self.overrides),
-                   "seed": self.seed}
-        (self.dir / "variant.json").write_text(json.dumps(payload, indent=2))
+                   "seed": self.seed, "max_steps": self.max_steps}
+        write_atomic(self.dir / "variant.json", json.dumps(payload, indent=2))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, and rename it over ``path``: a
+    crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def clean(value: Any) -> Any:
@@ -124,7 +141,7 @@ def write_results(output_dir: Path, experiment: str, variants: dict[str, Variant
     if failure is not None:
         payload["failure"] = failure
     path = output_dir / "results.json"
-    path.write_text(json.dumps(payload, indent=2))
+    write_atomic(path, json.dumps(payload, indent=2))
     return path
 
 

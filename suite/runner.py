@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from suite.artifacts import resolve_artifacts
+from suite.outdir import FolderLock, check_rerun, check_writable
 from suite.results import Claim, VariantResult, format_table, write_results
 from suite.study import apply_overrides, expand
 from suite.targets import locate_claims
@@ -46,12 +47,30 @@ def _latest_run(experiment: str) -> Path | None:
 
 
 def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
-    """Run every variant (skipping finished ones), compute claims, write results.json."""
-    from suite.train import dump_config, load_variant, run_variant
-
+    """Run every variant (skipping finished ones), compute claims, write results.json. Global rank 0
+    checks that the output folder is writable (before torch is imported) and holds its lock."""
     t0 = time.time()
     saved_env = os.environ.get("GENLAB_OUTPUT_DIR")
     output_dir = resolve_output_dir(cfg)
+    lock = FolderLock(output_dir, force=cfg.force_unlock) if global_rank() == 0 else None
+    try:
+        if lock is not None:
+            check_writable(output_dir)
+            lock.acquire()
+            check_rerun(cfg, output_dir)
+        return _run_variants(cfg, groups, quiet, t0, output_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+        if saved_env is None:
+            os.environ.pop("GENLAB_OUTPUT_DIR", None)
+        else:
+            os.environ["GENLAB_OUTPUT_DIR"] = saved_env
+
+
+def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_dir: Path) -> Path:
+    from suite.train import dump_config, load_variant, run_variant
+
     rank0 = global_rank() == 0
     resolve_artifacts(cfg, groups, lambda sub, g: _run_nested(sub, g))
     with open_dict(cfg):
@@ -65,15 +84,15 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
     plan = expand(cfg)
     for i, variant in enumerate(plan):
         vdir = output_dir if cfg.study is None else output_dir / variant.name
-        if (vdir / "variant.json").exists():
+        vcfg = apply_overrides(cfg, variant.overrides)
+        if variant.seed is not None:
+            vcfg.seed = variant.seed
+        if (vdir / "variant.json").exists() and not _extends(vcfg, vdir):
             print(f"[genlab] variant {variant.name}: finished earlier, reusing {vdir}")
             found = load_variant(vdir)
         else:
             if len(plan) > 1:
                 print(f"[genlab] variant {i + 1}/{len(plan)}: {variant.name}")
-            vcfg = apply_overrides(cfg, variant.overrides)
-            if variant.seed is not None:
-                vcfg.seed = variant.seed
             try:
                 found = run_variant(vcfg, vdir, variant.name, variant.overrides)
             except BaseException as err:
@@ -87,10 +106,6 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
     claims: dict[str, Claim] = {}
     if cfg.claims is not None:
         claims = locate_claims(cfg.claims)(variants, cfg)
-    if saved_env is None:
-        os.environ.pop("GENLAB_OUTPUT_DIR", None)
-    else:
-        os.environ["GENLAB_OUTPUT_DIR"] = saved_env
     if not rank0:
         return output_dir / "results.json"
     path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0,
@@ -99,6 +114,14 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
         print("\n" + format_table(variants, claims))
         print(f"\n[genlab] results: {path}")
     return path
+
+
+def _extends(vcfg: DictConfig, vdir: Path) -> bool:
+    """A finished variant trained on with ``ckpt_path=last`` and a larger ``trainer.max_steps``."""
+    if vcfg.ckpt_path != "last" or vcfg.job is not None:
+        return False
+    trained = VariantResult.load(vdir / "variant.json").max_steps
+    return trained is not None and vcfg.trainer.max_steps > trained
 
 
 def _run_nested(cfg: DictConfig, groups: dict) -> Path:

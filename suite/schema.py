@@ -19,7 +19,7 @@ TOP = {
     "module": (DictConfig, NONE), "data": (DictConfig, NONE), "callbacks": (DictConfig,),
     "claims": (str, NONE), "study": (DictConfig, NONE), "job": (DictConfig, NONE),
     "requires": (DictConfig,), "artifacts": (DictConfig,), "ema": (DictConfig,),
-    "nan_guard": (bool,),
+    "nan_guard": (bool,), "force_unlock": (bool,),
 }
 TRAINER = {
     "max_steps": (int,), "max_epochs": (int, NONE), "max_time": (str, NONE), "accelerator": (str,),
@@ -35,7 +35,7 @@ LOGGER = {
     "type": (str,), "project": (str,), "entity": (str, NONE), "group": (str, NONE),
     "tags": (ListConfig,), "mode": (str,), "log_model": (bool,),
 }
-CHECKPOINT = {"every_n_steps": (int, NONE), "every_minutes": (int, float, NONE)}
+CHECKPOINT = {"every_n_steps": (int, NONE), "every_minutes": (int, float, NONE), "keep": (int,)}
 STUDY = {"variants": (DictConfig, NONE), "grid": (DictConfig, NONE), "seeds": (ListConfig, NONE),
          "eval_sweep": (DictConfig, NONE)}
 CHOICES = {"logger.type": ("wandb", "csv", "none"), "logger.mode": ("auto", "online", "offline", "disabled"),

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.ema import EMA
 from callbacks.history import HistoryCallback
 from callbacks.nan_guard import NaNGuard
+from suite.checkpoints import atomic_checkpoint_io, checkpoint_callbacks, resolve_ckpt
+from suite.csv_log import CSVResume
 from suite.errors import ConfigError
 from suite.loggers import build_logger, finish_wandb, offline_hint
-from suite.results import VariantResult, clean
+from suite.results import VariantResult, clean, write_atomic
 from suite.study import eval_sweep
 from suite.targets import instantiate, locate
 
@@ -49,43 +51,40 @@ def run_job(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
     return [VariantResult(name, clean(metrics), vdir, seed=cfg.seed)]
 
 
-def resolve_ckpt(cfg: DictConfig, vdir: Path) -> str | None:
-    if cfg.ckpt_path is None:
-        return None
-    if cfg.ckpt_path == "last":
-        last = vdir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            return str(last)
-        print(f"[genlab] ckpt_path=last: no checkpoint at {last}; starting from scratch")
-        return None
-    path = Path(cfg.ckpt_path)
-    if not path.exists():
-        raise ConfigError(f"ckpt_path: {path} does not exist")
-    return str(path)
-
-
 def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: list) -> L.Trainer:
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if targs["max_epochs"] is None:
         targs["max_epochs"] = -1  # training length is max_steps
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    ckpt = ModelCheckpoint(dirpath=str(vdir / "checkpoints"), save_last=True, save_top_k=0,
-                           every_n_train_steps=cfg.checkpoint.every_n_steps,
-                           train_time_interval=None)
-    callbacks += [ckpt, HistoryCallback(str(vdir / "history.csv"), targs.get("log_every_n_steps", 50))]
+    callbacks += checkpoint_callbacks(vdir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep,
+                                      cfg.checkpoint.every_minutes)
+    callbacks += [HistoryCallback(str(vdir / "history.csv"), targs.get("log_every_n_steps", 50)),
+                  CSVResume(), CheckpointOnSigterm(vdir / "checkpoints" / "last.ckpt")]
     if targs["enable_progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))  # redrawing every step costs ms on small steps
-    if cfg.checkpoint.every_minutes:
-        callbacks.append(ModelCheckpoint(dirpath=str(vdir / "checkpoints"), save_last=True, save_top_k=0,
-                                         train_time_interval=timedelta(minutes=cfg.checkpoint.every_minutes)))
     if cfg.nan_guard:
         callbacks.insert(0, NaNGuard())
     if cfg.ema.enabled:
         callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
     logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None)
     # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
+    plugins = [] if "fsdp" in str(targs["strategy"]) else [atomic_checkpoint_io()]  # FSDP saves shards itself
     return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks,
-                     use_distributed_sampler=False, **targs)
+                     use_distributed_sampler=False, plugins=plugins, **targs)
+
+
+class CheckpointOnSigterm(L.Callback):
+    """SLURM preemption (SIGTERM): Lightning stops after the current batch on every rank; write
+    ``last.ckpt`` first so that ``ckpt_path=last`` continues the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path, weights_only=False)
+            if trainer.is_global_zero:
+                print(f"[genlab] SIGTERM at step {trainer.global_step}: checkpoint written to {self.path}")
 
 
 def _run_id(vdir: Path) -> str:
@@ -102,6 +101,7 @@ def _run_id(vdir: Path) -> str:
 
 
 def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+    ckpt_path = resolve_ckpt(cfg.ckpt_path, vdir)  # an unreadable checkpoint is named before anything is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
@@ -116,7 +116,7 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
     trainer = build_trainer(cfg, vdir, run_name, [])
     try:
         t0 = time.time()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg, vdir), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise RuntimeError(f"training was interrupted at step {trainer.global_step}; continue it with "
                                f"ckpt_path=last output_dir={cfg.output_dir}")
@@ -128,7 +128,7 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
         if tested:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update(scalars(trainer.callback_metrics))
-        results = [VariantResult(name, metrics, vdir, seed=cfg.seed)]
+        results = [VariantResult(name, metrics, vdir, seed=cfg.seed, max_steps=int(cfg.trainer.max_steps))]
         sweep = eval_sweep(cfg)
         if sweep is not None and tested:
             param, values = sweep
@@ -169,4 +169,4 @@ def load_variant(vdir: Path) -> list[VariantResult]:
 
 
 def dump_config(cfg: DictConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -55,7 +55,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     failed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert "simulated crash" in failed["failure"]["error"]
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-    launch(tmp_path / "resumed", "ckpt_path=last")
+    launch(tmp_path / "resumed", "ckpt_path=last", callbacks=crash)  # same config; CrashAt spares a resumed run
     full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert metrics(tmp_path / "full")["test/sliced_w2"] == metrics(tmp_path / "resumed")["test/sliced_w2"]

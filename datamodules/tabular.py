@@ -28,13 +28,41 @@ import torch
 from scipy.stats import norm
 
 from datamodules.base import IndexedTensorDataset, TensorDataModule
+from datamodules.errors import DataError
 from datamodules.tabular_sources import BENCHMARKS, load_benchmark, load_builtin, read_file
 
 MISSING = "<missing>"
 
 
+def _refuse_stray_text(col: str, values: pd.Series, source: str) -> None:
+    """A text column whose non-empty cells are >= 95% numbers is a numeric column with typos: say so,
+    naming the first bad row, rather than silently treating it as categorical."""
+    if pd.api.types.is_numeric_dtype(values) or values.empty:
+        return
+    text = values.astype(str).str.strip()
+    text = text[text != ""]
+    parsed = pd.to_numeric(text, errors="coerce")
+    bad = parsed.isna()
+    if len(text) and bad.any() and (~bad).mean() >= 0.95:
+        row = text.index[bad.argmax()]
+        raise DataError(f"{source}: column {col!r} is {100 * (~bad).mean():.1f}% numbers but row {row} holds "
+                        f"{text[row]!r} ({int(bad.sum())} such cells); fix them, or declare the column in "
+                        f"data.categorical")
+
+
+def check_informative(df: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Every used column must carry information: not all missing, not one value in every row."""
+    for col in columns:
+        if df[col].isna().all():
+            raise DataError(f"{source}: column {col!r} has no values (all {len(df)} cells are empty); drop it")
+        if df[col].nunique(dropna=False) <= 1:
+            raise DataError(f"{source}: column {col!r} holds the same value {str(df[col].iloc[0])!r} in every row; "
+                            f"a constant column cannot be modelled, drop it")
+
+
 def infer_types(
-    df: pd.DataFrame, numeric: list[str] | None, categorical: list[str] | None, max_categories: int = 10
+    df: pd.DataFrame, numeric: list[str] | None, categorical: list[str] | None, max_categories: int = 10,
+    source: str = "the table",
 ) -> tuple[list[str], list[str]]:
     """Columns not declared: text/bool -> categorical; integer-valued numbers with few values ->
     categorical; other numbers -> numeric."""
@@ -43,6 +71,7 @@ def infer_types(
         if col in numeric or col in categorical:
             continue
         s = df[col].dropna()
+        _refuse_stray_text(col, s, source)
         is_number = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
         few_ints = is_number and len(s) and (s == s.round()).all() and s.nunique() <= max_categories
         (numeric if is_number and not few_ints else categorical).append(col)
@@ -85,7 +114,7 @@ class TableEncoder:
 
     def __init__(self, df: pd.DataFrame, numeric: list[str], categorical: list[str], scaling: str) -> None:
         if scaling not in ("quantile", "standard"):
-            raise ValueError(f"scaling must be quantile or standard, got {scaling!r}")
+            raise DataError(f"scaling must be quantile or standard, got {scaling!r}")
         self.numeric, self.categorical, self.scaling = numeric, categorical, scaling
         self.categories = [sorted(df[c].astype(str).unique()) for c in categorical]
         num = df[numeric].to_numpy(np.float64)
@@ -124,16 +153,17 @@ def prepare_frame(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Validate declared columns and handle missing values; returns the frame and its categoricals."""
     if df.empty or len(df.columns) == 0:
-        raise ValueError(f"table {source} is empty")
+        raise DataError(f"table {source} is empty")
     for col in numeric + categorical:
         if col not in df.columns:
-            raise ValueError(f"column {col!r} not found in {source}; its columns are {list(df.columns)}")
+            raise DataError(f"column {col!r} not found in {source}; its columns are {list(df.columns)}")
+    check_informative(df, numeric + categorical, source)
     df = df[numeric + categorical].copy()
     for col in numeric:
         converted = pd.to_numeric(df[col], errors="coerce")
         bad = converted.isna() & df[col].notna()
         if bad.any():
-            raise ValueError(
+            raise DataError(
                 f"column {col!r} of {source} is declared numeric but holds text, "
                 f"e.g. {df[col][bad].iloc[0]!r}"
             )
@@ -141,7 +171,7 @@ def prepare_frame(
     for col in categorical:
         df[col] = df[col].astype(object).where(df[col].notna(), MISSING).astype(str)
     if numeric_missing not in ("drop", "median", "indicator"):
-        raise ValueError(f"numeric_missing must be drop, median or indicator, got {numeric_missing!r}")
+        raise DataError(f"numeric_missing must be drop, median or indicator, got {numeric_missing!r}")
     holes = [c for c in numeric if df[c].isna().any()]
     if numeric_missing == "drop":
         df = df.dropna(subset=holes)
@@ -152,7 +182,7 @@ def prepare_frame(
                 categorical = categorical + [f"{c}__missing"]
             df[c] = df[c].fillna(df[c].median())
     if df.empty:
-        raise ValueError(f"table {source} has no rows left after dropping missing numeric values")
+        raise DataError(f"table {source} has no rows left after dropping missing numeric values")
     return df.reset_index(drop=True), categorical
 
 
@@ -188,13 +218,13 @@ class TabularDataModule(TensorDataModule):
             return load_builtin(self.dataset)
         if self.dataset in BENCHMARKS:
             if self.path is None:
-                raise ValueError(f"dataset {self.dataset!r} needs path= to its file (standard UCI format)")
+                raise DataError(f"dataset {self.dataset!r} needs path= to its file (standard UCI format)")
             return load_benchmark(self.dataset, self.path)
         if self.dataset in ("csv", "parquet", "credit", "penguins"):
             if self.path is None:
-                raise ValueError(f"dataset {self.dataset!r} needs path=")
+                raise DataError(f"dataset {self.dataset!r} needs path=")
             return read_file(self.path), {}, str(self.path)
-        raise ValueError(
+        raise DataError(
             f"unknown dataset {self.dataset!r}; choose credit, penguins, csv, parquet or "
             f"one of {sorted(BENCHMARKS)}"
         )
@@ -209,12 +239,12 @@ class TabularDataModule(TensorDataModule):
         )
         for col in (numeric or []) + (categorical or []):
             if col not in df.columns:
-                raise ValueError(f"column {col!r} not found in {source}; its columns are {list(df.columns)}")
-        numeric, categorical = infer_types(df, numeric, categorical, self.max_categories)
+                raise DataError(f"column {col!r} not found in {source}; its columns are {list(df.columns)}")
+        numeric, categorical = infer_types(df, numeric, categorical, self.max_categories, source)
         df, categorical = prepare_frame(df, numeric, categorical, source, self.numeric_missing)
         target = self.declared["target"] or spec.get("target") or (categorical or numeric)[-1]
         if target not in numeric + categorical:
-            raise ValueError(
+            raise DataError(
                 f"target column {target!r} not found in {source}; columns: {numeric + categorical}"
             )
         if self.max_rows is not None and len(df) > self.max_rows:

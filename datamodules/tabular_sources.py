@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from datamodules.errors import DataError
+
 
 ADULT_COLS = [
     "age",
@@ -115,14 +117,14 @@ def load_builtin(name: str) -> tuple[pd.DataFrame, dict, str]:
             target="species",
         )
         return df, spec, "palmerpenguins"
-    raise ValueError(f"unknown built-in table {name!r}; choose credit or penguins")
+    raise DataError(f"unknown built-in table {name!r}; choose credit or penguins")
 
 
 def read_file(path: str | Path, **kwargs) -> pd.DataFrame:
     """CSV / Parquet / Excel by suffix; a missing or unreadable file names itself in the error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"table file {path} does not exist")
+        raise DataError(f"data.path: table file {path} does not exist")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
@@ -130,7 +132,7 @@ def read_file(path: str | Path, **kwargs) -> pd.DataFrame:
             return pd.read_excel(path, **kwargs)
         return pd.read_csv(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"could not read table file {path}: {err}") from err
+        raise DataError(f"could not read table file {path}: {err}") from err
 
 
 def load_benchmark(name: str, path: str | Path) -> tuple[pd.DataFrame, dict, str]:

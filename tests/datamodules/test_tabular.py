@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from datamodules.errors import DataError
 from datamodules.tabular import TabularDataModule
 
 
@@ -72,7 +73,8 @@ def test_benchmark_loader_reads_the_uci_adult_format(tmp_path):
         "2174, 0, 40, United-States, <=50K",
         "50, ?, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, "
         "United-States, >50K",
-    ] * 10
+        "28, Private, 338409, HS-grad, 9, Divorced, Sales, Unmarried, Black, Female, 0, 1902, 38, Cuba, <=50K",
+    ] * 10  # every column varies (a constant column is refused)
     path = tmp_path / "adult.data"
     path.write_text("\n".join(lines) + "\n")
     dm = TabularDataModule(dataset="adult", path=str(path))
@@ -95,5 +97,37 @@ def test_errors_name_the_column_and_the_file(tmp_path):
     empty.write_text("a,b\n")
     with pytest.raises(ValueError, match=r"empty\.csv is empty"):
         TabularDataModule(dataset="csv", path=str(empty)).setup()
-    with pytest.raises(FileNotFoundError, match="missing.csv"):
+    with pytest.raises(DataError, match="missing.csv"):
         TabularDataModule(dataset="csv", path=str(tmp_path / "missing.csv")).setup()
+
+
+def test_uninformative_and_mistyped_columns_are_named_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"x": rng.normal(size=60), "y": rng.choice(["a", "b"], 60)})
+    path = _write(tmp_path, base.assign(empty=np.nan))
+    with pytest.raises(DataError, match=r"t\.csv: column 'empty' has no values \(all 60 cells are empty\)"):
+        TabularDataModule(dataset="csv", path=path).setup()
+    path = _write(tmp_path, base.assign(same=7.0))
+    with pytest.raises(DataError, match=r"t\.csv: column 'same' holds the same value '7\.0' in every row"):
+        TabularDataModule(dataset="csv", path=path).setup()
+    typo = base.assign(x=base["x"].astype(str))
+    typo.loc[41, "x"] = "abc"  # 59 of 60 cells parse as numbers
+    path = _write(tmp_path, typo)
+    with pytest.raises(DataError, match=r"column 'x' is 98\.3% numbers but row 41 holds 'abc'"):
+        TabularDataModule(dataset="csv", path=path).setup()
+    dm = TabularDataModule(dataset="csv", path=path, categorical=["x"])  # declared: taken as it is
+    dm.setup()
+    assert "x" in dm.schema["categorical"]
+    with pytest.raises(DataError, match=r"column 'nope' not found in .*t\.csv"):
+        TabularDataModule(dataset="csv", path=path, numeric=["nope"]).setup()
+
+
+def test_run_py_reports_a_data_error_in_one_line(tmp_path, capsys):
+    import run
+
+    path = _write(tmp_path, pd.DataFrame({"x": np.arange(30.0), "empty": np.nan}))
+    argv = ["experiment=multimodal_tabular", "debug=fast", "logger=none", f"output_dir={tmp_path / 'o'}",
+            "data.dataset=csv", f"data.path={path}"]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "column 'empty' has no values" in err and err.count("\n") == 1

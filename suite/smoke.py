@@ -5,8 +5,8 @@
 
 Each experiment runs as its own ``run.py`` process with the extra overrides given, in its own
 working folder (so experiments that produce the same artifact do not race), and the script prints
-one line per experiment (ok / FAILED, wall seconds, the last error line) and exits 1 if any
-failed. This is what the test suite's ``test_run_all`` checks on CPU, for other trainer presets.
+one line per experiment (ok / FAILED with run.py's exit code and what it means, wall seconds, the
+last error line) and exits 1 if any failed. This is what the test suite's ``test_run_all`` checks on CPU, for other trainer presets.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from suite.config import choices
 
 ROOT = Path(__file__).resolve().parent.parent
+EXIT_CODES = {1: "crash", 2: "config or data error", 3: "NaN guard", 143: "SIGTERM, checkpoint written"}
 
 
 def smoke_one(name: str, overrides: list[str], workdir: Path, timeout: float) -> tuple[str, bool, float, str]:
@@ -34,11 +35,12 @@ def smoke_one(name: str, overrides: list[str], workdir: Path, timeout: float) ->
     try:
         proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
         ok, err = proc.returncode == 0, proc.stderr
+        code = f"exit {proc.returncode} ({EXIT_CODES.get(proc.returncode, 'killed or unknown')}): "
     except subprocess.TimeoutExpired:
-        ok, err = False, f"timed out after {timeout:.0f} s"
+        ok, err, code = False, f"timed out after {timeout:.0f} s", ""
     (folder / "stderr.txt").write_text(err or "")
     lines = [ln for ln in (err or "").splitlines() if ln.strip()]
-    return name, ok, time.perf_counter() - start, "" if ok else (lines[-1] if lines else "no stderr")
+    return name, ok, time.perf_counter() - start, "" if ok else code + (lines[-1] if lines else "no stderr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for fut in futures:
             name, ok, wall, err = fut.result()
             failed += not ok
-            print(f"  {name:<32} {'ok' if ok else 'FAILED':<7} {wall:7.1f} s  {err[:200]}", flush=True)
+            print(f"  {name:<32} {'ok' if ok else 'FAILED':<7} {wall:7.1f} s  {err[:240]}", flush=True)
     print(f"[smoke] {len(names) - failed}/{len(names)} passed")
     return 1 if failed else 0
 

@@ -49,7 +49,8 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
                 groups[key] = None
                 continue
             if value not in valid:
-                raise ConfigError(f"{key}={value}: unknown {key}; valid choices: {', '.join(valid)}")
+                raise ConfigError(f"{key}={value}: unknown {key}{did_you_mean(value, valid)}; "
+                                  f"valid choices: {', '.join(valid)}")
             groups[key] = value
         else:
             dotlist.append(arg)
@@ -99,10 +100,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def experiment_yaml(name: str) -> DictConfig:
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
     if name.startswith("_") or not path.exists():
-        raise ConfigError(f"experiment={name}: unknown experiment; valid choices: {', '.join(choices('experiment'))}")
+        valid = choices("experiment")
+        raise ConfigError(f"experiment={name}: unknown experiment{did_you_mean(name, valid)}; "
+                          f"valid choices: {', '.join(valid)}")
     return load_with_includes(path)
 
 

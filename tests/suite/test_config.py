@@ -196,3 +196,10 @@ def test_a_callback_added_on_the_command_line():
         cfg_of("experiment=diffusion_2d", target, "callbacks.sharpness.every_n_step=2")
     with pytest.raises(ConfigError, match="callbacks.sharpness.every_n_steps: unknown key"):
         cfg_of("experiment=diffusion_2d", "callbacks.sharpness.every_n_steps=2")
+
+
+def test_unknown_experiment_and_preset_get_a_did_you_mean():
+    with pytest.raises(ConfigError, match=r"experiment=difusion_2d: unknown experiment \(did you mean diffusion_2d\?\)"):
+        compose(*split_argv(["experiment=difusion_2d"]))
+    with pytest.raises(ConfigError, match=r"trainer=dpp: unknown trainer \(did you mean ddp\?\)"):
+        split_argv(["trainer=dpp"])

@@ -50,6 +50,14 @@ class GenLabModule(L.LightningModule):
         super().__init__()
         self.nfe = EvalCounter()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose hyperparameters use constructor keys since moved into a nested
+        network node, unless they agree with this module's (modules/renamed.py)."""
+        from modules.renamed import check_hparams
+
+        cls = type(self)
+        check_hparams(f"{cls.__module__}.{cls.__qualname__}", checkpoint.get("hyper_parameters") or {}, self.hparams)
+
     def example_normal(self, index: torch.Tensor, shape: tuple[int, ...], stream: int = 0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """(len(index), *shape) standard normals, float32 on the module's device (see the class)."""

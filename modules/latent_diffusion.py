@@ -19,23 +19,30 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from core.diffusion.processes import OU
 from core.diffusion.solvers import SAMPLERS, SampleResult, sample_process
-from core.ridge.score_models import TIME_SAMPLINGS, PosteriorMeanMLP
+from core.ridge.score_models import TIME_SAMPLINGS
 from modules.base import GenLabModule
 from modules.sampling import choose, generation, sample_options, unconditional
-from modules.nets.vae import VAE
+from modules.nets.build import build_net, net_hparam
+
+
+DEFAULT_VAE = {"_target_": "modules.nets.vae.VAE", "in_dim": 784, "hidden": [400, 200], "latent_dim": 32}
+DEFAULT_SCORE_NET = {"_target_": "core.ridge.score_models.PosteriorMeanMLP", "hidden": 512, "layers": 2, "n_freq": 16}
 
 
 class LatentDiffusion(GenLabModule):
     """VAE + latent score model.
 
     Args:
-        data_dim: flattened input size (784 for MNIST); latent_dim, vae_hidden: VAE sizes.
+        vae: the VAE (modules.nets.vae.VAE: in_dim = flattened input size, 784 for MNIST; hidden;
+            latent_dim), a config node or a built network.
         vae_steps, vae_lr, vae_beta: VAE stage length, learning rate and KL weight.
         vae_ckpt: path of a trained VAE ("" = train it here).
-        score_hidden, score_layers, n_freq: score MLP (2 x 512 with K Fourier time features).
+        score_net: the score MLP (core.ridge.score_models.PosteriorMeanMLP: hidden, layers, n_freq;
+            2 x 512 with K Fourier time features), given its ``dim`` and ``process`` by the module.
         T, t_min: OU horizon and smallest time; time_sampling: ``uniform`` | ``log_uniform`` training times.
         lr: score-net learning rate; sample_steps: Euler-Maruyama steps on a geometric grid.
         image_side: side of the decoded square images (for grids); 0 = not images.
@@ -46,16 +53,12 @@ class LatentDiffusion(GenLabModule):
 
     def __init__(
         self,
-        data_dim: int = 784,
-        latent_dim: int = 32,
-        vae_hidden: list[int] | None = None,
+        vae: dict | nn.Module | None = None,
+        score_net: dict | nn.Module | None = None,
         vae_steps: int = 2000,
         vae_lr: float = 1e-3,
         vae_beta: float = 1.0,
         vae_ckpt: str = "",
-        score_hidden: int = 512,
-        score_layers: int = 2,
-        n_freq: int = 16,
         T: float = 10.0,
         t_min: float = 1e-3,
         time_sampling: str = "log_uniform",
@@ -69,12 +72,16 @@ class LatentDiffusion(GenLabModule):
         super().__init__()
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"module.time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
-        self.save_hyperparameters()
+        vae = DEFAULT_VAE if vae is None else vae
+        score_net = DEFAULT_SCORE_NET if score_net is None else score_net
+        self.save_hyperparameters(ignore=["vae", "score_net"])
+        self.hparams.update(vae=net_hparam(vae), score_net=net_hparam(score_net))
         self.process = OU(T=T, t_min=t_min)
-        self.vae = VAE(data_dim, tuple(vae_hidden or [400, 200]), latent_dim)
-        self.net = PosteriorMeanMLP(latent_dim, self.process, score_hidden, score_layers, n_freq)
+        self.vae = build_net(vae, "module.vae")
+        self.latent_dim = self.vae.latent_dim
+        self.net = build_net(score_net, "module.score_net", dim=self.latent_dim, process=self.process)
         self.sample_steps = sample_steps
-        self.register_buffer("latent_shift", torch.zeros(latent_dim))
+        self.register_buffer("latent_shift", torch.zeros(self.latent_dim))
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("vae_ready", torch.tensor(False))
         self._train_latents: torch.Tensor | None = None
@@ -150,7 +157,7 @@ class LatentDiffusion(GenLabModule):
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         x = batch["x"].reshape(len(batch["x"]), -1)
-        shape = (len(x), self.hparams.latent_dim)
+        shape = (len(x), self.latent_dim)
         idx, g = batch["index"], generator
         eps_vae = self.example_normal(idx, shape[1:], stream=0, generator=g)
         u, eps = self.example_uniform(idx, (), stream=1, generator=g), self.example_normal(idx, shape[1:], 2, g)
@@ -262,7 +269,7 @@ class LatentDiffusion(GenLabModule):
         return sample_process(
             self.process,
             self.nfe.wrap(self.score),
-            (n, self.hparams.latent_dim),
+            (n, self.latent_dim),
             steps or self.sample_steps,
             sampler=choose("LatentDiffusion.sample: solver", solver, "em", tuple(SAMPLERS)),
             grid="geometric",

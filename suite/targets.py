@@ -124,8 +124,10 @@ def _split_union(ann: str) -> list[str]:
     return parts + [cur]
 
 
-def check_target(node: DictConfig, key: str, injected: set[str] = frozenset()) -> None:
-    """Validate one ``_target_`` node: unknown arguments, missing required ones, simple types."""
+def check_target(node: DictConfig, key: str, injected: set[str] = frozenset(), nested: bool = False) -> None:
+    """Validate one ``_target_`` node: unknown arguments, missing required ones, simple types; then
+    each argument that is itself a ``_target_`` node (a network given to a module,
+    modules/nets/build.py), whose required arguments the parent may supply (``nested``)."""
     target = node.get("_target_")
     if not isinstance(target, str):
         raise ConfigError(f"{key}._target_: missing; expected a dotted path to a class or function")
@@ -137,11 +139,16 @@ def check_target(node: DictConfig, key: str, injected: set[str] = frozenset()) -
     given = {k for k in node.keys() if k != "_target_"}
     unknown = sorted(given - set(by_name))
     if unknown and not var_kwargs:
+        from modules.renamed import renamed_message
+
+        moved = renamed_message(target, f"{key}.{unknown[0]}", unknown[0])
+        if moved:
+            raise ConfigError(moved)
         close = difflib_hint(unknown[0], list(by_name))
         raise ConfigError(f"{key}.{unknown[0]}: {target} has no argument {unknown[0]!r}{close}; "
                           f"valid arguments: {', '.join(by_name)}")
     missing = [p.name for p in params if p.required and p.name not in given and p.name not in injected]
-    if missing:
+    if missing and not nested:
         raise ConfigError(f"{key}.{missing[0]}: missing required argument of {target}")
     for name in sorted(given & set(by_name)):
         p = by_name[name]
@@ -150,6 +157,10 @@ def check_target(node: DictConfig, key: str, injected: set[str] = frozenset()) -
         if p.annotation and not _accepts(p.annotation, value):
             raise ConfigError(f"{key}.{name}: expected {p.annotation}, got {type(value).__name__} {value!r} "
                               f"(argument of {target})")
+    for name in sorted(given):
+        child = node._get_node(name)
+        if isinstance(child, DictConfig) and "_target_" in child:
+            check_target(child, f"{key}.{name}", nested=True)
 
 
 def difflib_hint(word: str, options: list[str]) -> str:

@@ -11,7 +11,7 @@ import torch
 from core.diffusion.solvers import SampleResult
 from modules.diffusion import Diffusion
 from modules.diffusion_rl import DiffusionRL
-from modules.latent_diffusion import LatentDiffusion
+from modules.latent_diffusion import DEFAULT_SCORE_NET, LatentDiffusion
 from modules.momentum_diffusion import MomentumDiffusion
 from modules.multimodal_diffusion import MultimodalDiffusion
 from modules.multimodal_text_image import MultimodalTextImage
@@ -51,7 +51,8 @@ def _tiny():
     return [
         (Diffusion(hidden=8, depth=1, time_dim=8, sample_steps=3), {}, 3),
         (ReLUDiffusion(dim=4, width=3, sample_steps=3), {}, 4),  # + the final denoising step
-        (LatentDiffusion(data_dim=16, latent_dim=2, vae_hidden=[8], score_hidden=8, sample_steps=3), {}, 3),
+        (LatentDiffusion(vae={"_target_": "modules.nets.vae.VAE", "in_dim": 16, "hidden": [8], "latent_dim": 2},
+                         score_net={**DEFAULT_SCORE_NET, "hidden": 8}, sample_steps=3), {}, 3),
         (mm, {}, 3),
         (MomentumDiffusion(hidden=8, depth=1, time_dim=8, sample_nfe=4, process="cld"), {}, 4),
         (MultimodalTextImage(hidden=16, depth=1, heads=2, sample_steps=3, text_steps=3), {}, 3),

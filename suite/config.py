@@ -208,8 +208,12 @@ def unknown_key_message(cfg: DictConfig, key: str) -> str | None:
             parent = ".".join(parts[:i]) or "<top level>"
             valid = list(node.keys()) if isinstance(node, DictConfig) else []
             if isinstance(node, DictConfig) and "_target_" in node:
+                from modules.renamed import renamed_message
                 from suite.targets import target_params
 
+                moved = renamed_message(str(node._target_), ".".join(parts[: i + 1]), part)
+                if moved:
+                    return moved
                 valid += [p for p in target_params(node._target_, parent) if p not in valid]
             close = difflib.get_close_matches(part, [str(v) for v in valid], n=1)
             hint = f" (did you mean {'.'.join(parts[:i] + [close[0]])}?)" if close else ""

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from datamodules.errors import DataError
 from suite.artifacts import resolve_artifacts
+from suite.errors import ConfigError
 from suite.outdir import FolderLock, check_rerun, check_writable
 from suite.results import Claim, VariantResult, format_table, write_results
 from suite.study import apply_overrides, expand
@@ -54,11 +56,15 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
     output_dir = resolve_output_dir(cfg)
     lock = FolderLock(output_dir, force=cfg.force_unlock) if global_rank() == 0 else None
     try:
+        write_config = "first"
         if lock is not None:
             check_writable(output_dir)
             lock.acquire()
-            check_rerun(cfg, output_dir)
-        return _run_variants(cfg, groups, quiet, t0, output_dir)
+            # a rerun leaves config.yaml as it is, an extended run rewrites it once it has trained:
+            # a failed resume changes nothing
+            if (output_dir / "config.yaml").exists():
+                write_config = "last" if check_rerun(cfg, output_dir) else None
+        return _run_variants(cfg, groups, quiet, t0, output_dir, write_config)
     finally:
         if lock is not None:
             lock.release()
@@ -68,7 +74,8 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
             os.environ["GENLAB_OUTPUT_DIR"] = saved_env
 
 
-def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_dir: Path) -> Path:
+def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_dir: Path,
+                  write_config: str | None) -> Path:
     from suite.train import dump_config, load_variant, run_variant
 
     rank0 = global_rank() == 0
@@ -79,7 +86,8 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
             cfg.logger.group = f"{cfg.experiment}-{output_dir.name}"
     if rank0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, output_dir / "config.yaml")
+        if write_config == "first":
+            dump_config(cfg, output_dir / "config.yaml")
     variants: dict[str, VariantResult] = {}
     plan = expand(cfg)
     for i, variant in enumerate(plan):
@@ -96,13 +104,15 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
             try:
                 found = run_variant(vcfg, vdir, variant.name, variant.overrides)
             except BaseException as err:
-                if rank0:
+                if rank0 and not isinstance(err, (ConfigError, DataError)):  # a user error is no run failure
                     path = write_results(output_dir, cfg.experiment, variants, {}, int(cfg.seed), time.time() - t0,
                                          failure={"variant": variant.name, "error": f"{type(err).__name__}: {err}"},
                                          scale=cfg.scale, debug=cfg.debug)
                     print(f"[genlab] variant {variant.name} failed; partial results in {path}")
                 raise
         variants.update({r.name: r for r in found})
+    if rank0 and write_config == "last":
+        dump_config(cfg, output_dir / "config.yaml")
     claims: dict[str, Claim] = {}
     if cfg.claims is not None:
         claims = locate_claims(cfg.claims)(variants, cfg)

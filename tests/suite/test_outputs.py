@@ -124,10 +124,14 @@ def test_unreadable_checkpoints_exit_2_naming_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and err.count("\n") == 1
     out = tmp_path / "b"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert run.main([*SMALL, f"output_dir={out}", "ckpt_path=last"]) == 2
-    assert "none of the 1 checkpoints" in capsys.readouterr().err
+    assert run.main([*SMALL, f"output_dir={out}", "trainer.max_steps=3"]) == 0
+    capsys.readouterr()
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):
+        ckpt.write_bytes(b"")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert run.main([*SMALL, f"output_dir={out}", "ckpt_path=last", "trainer.max_steps=6"]) == 2
+    assert "none of the 2 checkpoints" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # a failed resume changes nothing
 
 
 def test_second_run_into_a_busy_folder_exits_2(tmp_path, capsys):

@@ -33,7 +33,7 @@ def test_composition_order(config_dir):
 
 @pytest.mark.parametrize("argv,message", [
     (["experiment=nope"], "experiment=nope: unknown experiment; valid choices: "),
-    (["trainer=tpu"], "trainer=tpu: unknown trainer; valid choices: cpu, ddp, ddp_sim, fsdp, gpu"),
+    (["trainer=tpu"], "trainer=tpu: unknown trainer (did you mean gpu?); valid choices: cpu, ddp, ddp_sim, fsdp, gpu"),
     (["logger=tensorboard"], "valid choices: csv, none, wandb"),
     (["scale=huge"], "valid choices: small, paper"),
     (["trainer.max_step=5"], "trainer.max_step: unknown key (did you mean trainer.max_steps?)"),

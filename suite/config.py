@@ -3,8 +3,9 @@
 1. Group choices (``experiment=``, ``trainer=``, ``logger=``, ``scale=``, ``debug=``) are pulled out
    of argv first: a dotlist would turn ``trainer=ddp`` into a string node.
 2. base.yaml <- experiment/NAME.yaml (its ``base:`` files under it, see ``load_with_includes``)
-   <- presets (trainer, logger) <- global debug defaults <- the experiment's own ``scale.<name>`` overrides (then the global debug defaults once more, so
-   that ``scale=paper debug=fast`` stays fast) <- the experiment's own ``debug.<name>`` overrides.
+   <- presets (trainer, logger) <- global debug defaults <- the experiment's own ``scale.<name>``
+   overrides (then the global debug defaults once more, so that ``scale=paper debug=fast`` stays
+   fast) <- the experiment's own ``debug.<name>`` overrides.
 3. Struct mode is set, and only then the CLI dotlist is merged, so OmegaConf rejects unknown keys
    (except a new ``callbacks.NAME._target_`` and the arguments of any ``_target_``'s constructor).
 4. Types and choices are validated (suite.schema); ``_target_`` arguments are checked against

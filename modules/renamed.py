@@ -21,12 +21,39 @@ RENAMED: dict[str, dict[str, str]] = {
         "score_layers": "score_net.layers",
         "n_freq": "score_net.n_freq",
     },
+    "modules.t2i.TextToImage": {
+        "base_channels": "unet.base",
+        "channel_mults": "unet.channel_mults",
+        "attn_levels": "unet.attn_levels",
+        "patch": "unet.patch",
+        "text_dim": "text_encoder.dim",
+        "text_depth": "text_encoder.depth",
+        "text_heads": "text_encoder.heads, unet.heads",  # one old key fed both networks
+    },
 }
 
 
 def renamed_key(target: str, arg: str) -> str | None:
-    """The new key (relative to the module node) of old argument ``arg`` of ``target``, if renamed."""
+    """The new key(s) (relative to the module node, comma-separated) of old argument ``arg`` of
+    ``target``, if renamed."""
     return RENAMED.get(target, {}).get(arg)
+
+
+def _new_keys(new: str) -> list[tuple[str, str]]:
+    return [tuple(k.strip().split(".", 1)) for k in new.split(",")]
+
+
+def upgrade_hparams(target: str, hparams: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> dict:
+    """``hparams`` with the old flat keys of ``target`` moved into their nodes, each node starting
+    from ``defaults[node]`` (the module's default config node) unless ``hparams`` has it already; a
+    None old value (the old default) leaves the node's own value."""
+    out = {k: v for k, v in hparams.items() if k not in RENAMED.get(target, {})}
+    for old, new in RENAMED.get(target, {}).items():
+        if old not in hparams or hparams[old] is None:
+            continue
+        for node, leaf in _new_keys(new):
+            out[node] = {**(out.get(node) or defaults[node]), leaf: hparams[old]}
+    return out
 
 
 def renamed_message(target: str, key: str, arg: str) -> str | None:
@@ -35,7 +62,8 @@ def renamed_message(target: str, key: str, arg: str) -> str | None:
     if new is None:
         return None
     parent = key.rpartition(".")[0]
-    return f"{key}: renamed to {parent}.{new} (networks are nested config nodes now; see {TABLE})"
+    where = " and ".join(f"{parent}.{node}.{leaf}" for node, leaf in _new_keys(new))
+    return f"{key}: renamed to {where} (networks are nested config nodes now; see {TABLE})"
 
 
 def check_hparams(target: str, hparams: Mapping[str, Any], current: Mapping[str, Any]) -> None:
@@ -45,15 +73,15 @@ def check_hparams(target: str, hparams: Mapping[str, Any], current: Mapping[str,
     for old, new in RENAMED.get(target, {}).items():
         if old not in hparams:
             continue
-        node, _, leaf = new.partition(".")
-        now = (current.get(node) or {}).get(leaf)
         then = hparams[old]
         if then is None:  # the old constructor's own default: not comparable, trust the shapes
             continue
-        if isinstance(then, (list, tuple)) and isinstance(now, (list, tuple)):
-            then, now = list(then), list(now)
-        if then != now:
-            raise ValueError(
-                f"checkpoint trained with the old flat key module.{old}={hparams[old]!r}, which differs from "
-                f"module.{new}={now!r}; set module.{new} to match (see {TABLE})"
-            )
+        for node, leaf in _new_keys(new):
+            now = (current.get(node) or {}).get(leaf)
+            if isinstance(then, (list, tuple)) and isinstance(now, (list, tuple)):
+                then, now = list(then), list(now)
+            if then != now:
+                raise ValueError(
+                    f"checkpoint trained with the old flat key module.{old}={hparams[old]!r}, which differs from "
+                    f"module.{node}.{leaf}={now!r}; set module.{node}.{leaf} to match (see {TABLE})"
+                )

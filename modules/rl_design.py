@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from core.tasks.shapes import load_eval_prompts, sample_training_metadata
-from modules.t2i import TextToImage
+from modules.renamed import upgrade_hparams
+from modules.t2i import DEFAULT_TEXT_ENCODER, DEFAULT_UNET, TextToImage
 
 OBJECTIVES = ("epg", "ppo_clip", "nft")
 LIKELIHOODS = ("per_step", "elbo", "none")
@@ -53,7 +54,9 @@ def load_base(path: str) -> TextToImage:
     ckpt = torch.load(p, map_location="cpu", weights_only=True)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"module.base_ckpt: {p} has no hyper_parameters/state_dict; is it a t2i_shapes checkpoint?")
-    base = TextToImage(**ckpt["hyper_parameters"])
+    # a base trained before the networks became config nodes: its flat keys read through the table
+    nodes = {"unet": DEFAULT_UNET, "text_encoder": DEFAULT_TEXT_ENCODER}
+    base = TextToImage(**upgrade_hparams("modules.t2i.TextToImage", ckpt["hyper_parameters"], nodes))
     base.load_state_dict(ckpt["state_dict"])
     return base
 

@@ -26,6 +26,7 @@ from core.tasks.shapes.grammar import Tokenizer
 from core.tasks.shapes.prompts import sample_training_metadata
 from modules.base import GenLabModule, lr_factor, per_step
 from modules.sampling import PromptGeneration, choose, generation, sample_options
+from modules.nets.build import build_net, net_hparam
 from modules.nets.cond_unet import CondUNet
 from modules.nets.text_encoder import CaptionEncoder
 
@@ -64,20 +65,30 @@ def cfg_velocity(net: nn.Module, tokens: torch.Tensor, guidance: float):
     return velocity
 
 
+DEFAULT_UNET = {"_target_": "modules.nets.cond_unet.CondUNet", "base": 32, "channel_mults": [1, 2, 2],
+                "attn_levels": 2, "heads": 4, "patch": 2}
+DEFAULT_TEXT_ENCODER = {"_target_": "modules.nets.text_encoder.CaptionEncoder", "dim": 128, "depth": 2, "heads": 4}
+
+
+def _width(text_encoder: dict | nn.Module) -> int:
+    """The caption encoder's width ``dim`` (the UNet's ``text_dim``), read before it is built."""
+    dim = text_encoder.dim if isinstance(text_encoder, nn.Module) else text_encoder.get("dim")
+    if not isinstance(dim, int):
+        raise ValueError(f"module.text_encoder.dim: required (the UNet cross-attends to it), got {dim!r}")
+    return dim
+
+
 class TextToImage(PromptGeneration, GenLabModule):
     """Conditional rectified flow; see the module docstring. Images in the model's space are in
-    [-1, 1]; :meth:`generate` returns them in [0, 1] for the evaluator."""
+    [-1, 1]; :meth:`generate` returns them in [0, 1] for the evaluator. ``unet`` (CondUNet, given
+    in_channels and the encoder's width as text_dim) and ``text_encoder`` (CaptionEncoder, given the
+    tokenizer's vocabulary and ``max_len``) are config nodes or built networks (modules/nets/build.py)."""
 
     def __init__(
         self,
         image_size: int = 32,
-        base_channels: int = 32,
-        channel_mults: list[int] = (1, 2, 2),
-        attn_levels: int = 2,
-        patch: int = 2,
-        text_dim: int = 128,
-        text_depth: int = 2,
-        text_heads: int = 4,
+        unet: dict | nn.Module | None = None,
+        text_encoder: dict | nn.Module | None = None,
         max_len: int = 12,
         cond_drop: float = 0.1,
         lr: float = 2e-3,
@@ -90,14 +101,18 @@ class TextToImage(PromptGeneration, GenLabModule):
         sde_noise: float = 0.7,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        unet = DEFAULT_UNET if unet is None else unet
+        text_encoder = DEFAULT_TEXT_ENCODER if text_encoder is None else text_encoder
+        self.save_hyperparameters(ignore=["unet", "text_encoder"])
+        self.hparams.update(unet=net_hparam(unet), text_encoder=net_hparam(text_encoder))
         if sampler not in SOLVERS:
             raise ValueError(f"TextToImage: sampler must be euler, heun or em, got {sampler!r}")
         self.tokenizer = Tokenizer(max_len)
         self.path = LinearPath(t_min=0.0)
-        unet = CondUNet(3, base_channels, tuple(channel_mults), text_dim, attn_levels, text_heads, patch)
+        # the UNet first, as always (initialisation order); it cross-attends to the encoder's width
+        unet = build_net(unet, "module.unet", in_channels=3, text_dim=_width(text_encoder))
         self.model = CaptionedVelocity(
-            unet, CaptionEncoder(len(self.tokenizer), max_len, text_dim, text_depth, text_heads)
+            unet, build_net(text_encoder, "module.text_encoder", vocab_size=len(self.tokenizer), max_len=max_len)
         )
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.image_size, self.sample_steps, self.sampler, self.guidance = (

@@ -13,15 +13,15 @@ import torch
 
 from callbacks.rl_watch import RLWatchCallback, fid_drift_exceeded, nfe_to_target
 from modules.diffusion_rl import DiffusionRL, Recorder, Replay, check_design, velocity_kl
-from modules.t2i import TextToImage
+from modules.t2i import DEFAULT_TEXT_ENCODER, DEFAULT_UNET, TextToImage
 
 
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory) -> str:
     """A tiny t2i_shapes-like checkpoint (hyper_parameters + state_dict, as Lightning writes them)."""
     torch.manual_seed(0)
-    hp = dict(image_size=32, base_channels=8, channel_mults=[1, 2, 2], attn_levels=1, text_dim=16, text_depth=1,
-              text_heads=2)
+    hp = dict(image_size=32, unet={**DEFAULT_UNET, "base": 8, "attn_levels": 1, "heads": 2},
+              text_encoder={**DEFAULT_TEXT_ENCODER, "dim": 16, "depth": 1, "heads": 2})
     base = TextToImage(**hp)
     with torch.no_grad():  # the EMA weights start the policy; make them differ from a fresh init
         for p in base.ema.parameters():

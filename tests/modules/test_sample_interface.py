@@ -17,7 +17,7 @@ from modules.multimodal_diffusion import MultimodalDiffusion
 from modules.multimodal_text_image import MultimodalTextImage
 from modules.relu_diffusion import ReLUDiffusion
 from modules.stem import Stem
-from modules.t2i import TextToImage
+from modules.t2i import DEFAULT_TEXT_ENCODER, DEFAULT_UNET, TextToImage
 from modules.world_model import MaskedWorldModel
 
 MODULES = [Diffusion, Stem, ReLUDiffusion, LatentDiffusion, MultimodalDiffusion, MultimodalTextImage,
@@ -44,6 +44,10 @@ def test_text_modules_share_one_generate_signature():
     assert list(params)[:6] == ["self", "prompts", "steps", "solver", "guidance", "generator"]
 
 
+TINY_UNET = {**DEFAULT_UNET, "base": 8, "channel_mults": [1], "attn_levels": 0}
+TINY_TEXT = {**DEFAULT_TEXT_ENCODER, "dim": 16, "depth": 1}
+
+
 def _tiny():
     torch.manual_seed(0)
     mm = MultimodalDiffusion(hidden=8, depth=1, heads=2, sample_steps=3)
@@ -58,11 +62,11 @@ def _tiny():
         (MultimodalTextImage(hidden=16, depth=1, heads=2, sample_steps=3, text_steps=3), {}, 3),
         (MultimodalTextImage(hidden=16, depth=1, heads=2, sample_steps=3, text_steps=3),
          {"cond": ["a red circle", "two squares"], "guidance": 2.0}, 6),  # guided steps: 2 passes each
-        (TextToImage(base_channels=8, channel_mults=[1], attn_levels=0, text_dim=16, text_depth=1,
+        (TextToImage(unet=TINY_UNET, text_encoder=TINY_TEXT,
                      sample_steps=3), {"guidance": 1.0}, 3),
-        (TextToImage(base_channels=8, channel_mults=[1], attn_levels=0, text_dim=16, text_depth=1,
+        (TextToImage(unet=TINY_UNET, text_encoder=TINY_TEXT,
                      sample_steps=3), {"guidance": 3.0}, 6),  # classifier-free guidance: 2 per step
-        (TextToImage(base_channels=8, channel_mults=[1], attn_levels=0, text_dim=16, text_depth=1,
+        (TextToImage(unet=TINY_UNET, text_encoder=TINY_TEXT,
                      sample_steps=2), {"guidance": 1.0, "solver": "heun"}, 3),  # Heun: last step to 0 is Euler
     ]
 

@@ -17,6 +17,8 @@ def cfg_of(*argv):
 def test_nested_nodes_are_checked_against_their_own_constructor():
     cfg = cfg_of("experiment=ridge_mnist_latent", "debug=fast")
     check_all(cfg)  # score_net's dim and process are supplied by the module: not "missing"
+    check_all(cfg_of("experiment=t2i_shapes", "scale=paper", "debug=fast"))
+    check_all(cfg_of("experiment=rl_geneval", "debug=fast"))
     assert list(cfg.module.vae.hidden) == [64, 32] and cfg.module.vae.in_dim == 784  # debug merges into the node
     with open_dict(cfg):
         cfg.module.vae.hiden = [8]
@@ -44,9 +46,13 @@ def test_instantiate_hands_the_module_plain_dicts(monkeypatch):
     ("module.latent_dim=8", "module.latent_dim: renamed to module.vae.latent_dim"),
     ("module.score_hidden=8", "module.score_hidden: renamed to module.score_net.hidden"),
     ("module.n_freq=4", "module.n_freq: renamed to module.score_net.n_freq"),
+    ("module.text_dim=8", "module.text_dim: renamed to module.text_encoder.dim"),
+    ("module.base_channels=8", "module.base_channels: renamed to module.unet.base"),
+    ("module.text_heads=2", "module.text_heads: renamed to module.text_encoder.heads and module.unet.heads"),
 ])
 def test_old_flat_keys_on_the_command_line_name_the_new_key(old, new, capsys):
-    assert run.main(["experiment=ridge_mnist_latent", old]) == 2
+    experiment = "t2i_shapes" if "text" in old or "channels" in old else "ridge_mnist_latent"
+    assert run.main([f"experiment={experiment}", old]) == 2
     err = capsys.readouterr().err
     assert new in err and "'Renamed config keys' in README.md" in err, err
     assert err.count("\n") == 1

@@ -8,7 +8,7 @@ import torch
 from core.diffusion.flow import linear_sde
 from core.diffusion.solvers import euler_maruyama, time_grid
 from datamodules.shapes import ShapesDataModule
-from modules.t2i import TextToImage
+from modules.t2i import DEFAULT_TEXT_ENCODER, DEFAULT_UNET, TextToImage
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,8 @@ def data():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return TextToImage(base_channels=8, text_dim=16, text_depth=1, attn_levels=1, sample_steps=2)
+    return TextToImage(unet={**DEFAULT_UNET, "base": 8, "attn_levels": 1},
+                       text_encoder={**DEFAULT_TEXT_ENCODER, "dim": 16, "depth": 1}, sample_steps=2)
 
 
 def test_datamodule_batches_and_splits(data):

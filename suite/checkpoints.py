@@ -12,9 +12,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from suite.errors import ConfigError
 
@@ -22,8 +26,6 @@ STEP_FILE = re.compile(r"step=(\d+)(-v\d+)?\.ckpt$")
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -44,17 +46,14 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         pass
 
 
-def atomic_checkpoint_io():
-    """A Lightning ``CheckpointIO`` plugin whose saves are atomic (temp file, fsync, rename)."""
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """A Lightning ``CheckpointIO`` plugin whose saves are atomic (temp file, fsync, rename). A
+    module-level class, so that ``ddp_spawn`` can pickle the trainer's plugins."""
 
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-            if storage_options is not None:
-                raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
-            _atomic_torch_save(checkpoint, Path(path))
-
-    return AtomicCheckpointIO()
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
+        _atomic_torch_save(checkpoint, Path(path))
 
 
 def checkpoint_callbacks(dirpath: Path, every_n_steps: int | None, keep: int, every_minutes: float | None) -> list:
@@ -82,10 +81,6 @@ def candidates(ckpt_dir: Path) -> list[Path]:
 
 def load_error(path: Path) -> str | None:
     """Why ``path`` cannot be read as a checkpoint (None if it loads with ``weights_only=True``)."""
-    import pickle
-
-    import torch
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as err:

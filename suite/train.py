@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.ema import EMA
 from callbacks.history import HistoryCallback
 from callbacks.nan_guard import NaNGuard
-from suite.checkpoints import atomic_checkpoint_io, checkpoint_callbacks, resolve_ckpt
+from suite.checkpoints import AtomicCheckpointIO, checkpoint_callbacks, resolve_ckpt
 from suite.csv_log import CSVResume
 from suite.errors import ConfigError
 from suite.loggers import build_logger, finish_wandb, offline_hint
@@ -68,7 +68,7 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
         callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
     logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None)
     # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
-    plugins = [] if "fsdp" in str(targs["strategy"]) else [atomic_checkpoint_io()]  # FSDP saves shards itself
+    plugins = [] if "fsdp" in str(targs["strategy"]) else [AtomicCheckpointIO()]  # FSDP saves shards itself
     return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks,
                      use_distributed_sampler=False, plugins=plugins, **targs)
 

@@ -31,6 +31,13 @@ RENAMED: dict[str, dict[str, str]] = {
         "text_heads": "text_encoder.heads, unet.heads",  # one old key fed both networks
     },
 }
+_SPATIAL = {
+    "encoder": "patch_encoder.kind",
+    "embedding_dim": "patch_encoder.embedding_dim",
+    "cond_dim": "patch_encoder.out_dim",
+    "cnn_width": "patch_encoder.cnn_width",
+}
+RENAMED["modules.stem.Stem"] = RENAMED["modules.st_regression.STRegression"] = _SPATIAL
 
 
 def renamed_key(target: str, arg: str) -> str | None:

@@ -10,11 +10,15 @@ section and leaves the other's alone, so one config drives both variants of the 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from core.eval.spatial import energy_distance, point_prediction_metrics, relative_variation_distance
 from core.tasks.synthetic_tissue import conditional_moments, sample_conditional
 from modules.base import GenLabModule
-from modules.nets.patch_encoder import PatchEncoder
+from modules.nets.build import build_net, net_hparam
+
+DEFAULT_PATCH_ENCODER = {"_target_": "modules.nets.patch_encoder.PatchEncoder", "kind": "image", "embedding_dim": 0,
+                         "out_dim": 128, "cnn_width": 16}
 
 
 def section(given: dict | None, defaults: dict, name: str) -> dict:
@@ -28,8 +32,9 @@ def section(given: dict | None, defaults: dict, name: str) -> dict:
 
 class SpatialPredictor(GenLabModule):
     """The shared constructor of Stem and STRegression (their one signature, so one ``module`` config
-    drives both). Args: n_genes; encoder ``image`` (joint CNN on patches) or ``embedding``
-    (precomputed / frozen features of width ``embedding_dim``); cond_dim (CNN output); cnn_width;
+    drives both). Args: n_genes; patch_encoder: the spot encoder (a config node or a built network;
+    modules.nets.patch_encoder.PatchEncoder: kind ``image``, a joint CNN on patches with out_dim
+    outputs and cnn_width, or ``embedding``, precomputed / frozen features of width ``embedding_dim``);
     lr, weight_decay, warmup_steps (AdamW, warm-up then cosine); truth_samples (draws of the true
     conditional per spot on synthetic tissue); ``stem`` and ``regression``: the two models' sections.
 
@@ -43,10 +48,7 @@ class SpatialPredictor(GenLabModule):
     def __init__(
         self,
         n_genes: int = 64,
-        encoder: str = "image",
-        embedding_dim: int = 0,
-        cond_dim: int = 128,
-        cnn_width: int = 16,
+        patch_encoder: dict | nn.Module | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -55,12 +57,14 @@ class SpatialPredictor(GenLabModule):
         regression: dict | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = PatchEncoder(encoder, embedding_dim, cond_dim, cnn_width)
+        patch_encoder = DEFAULT_PATCH_ENCODER if patch_encoder is None else patch_encoder
+        self.encoder = build_net(patch_encoder, "module.patch_encoder")
         self.register_buffer("target_mean", torch.zeros(n_genes))
         self.register_buffer("target_std", torch.ones(n_genes))
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_parts: list[dict[str, torch.Tensor]] = []
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["patch_encoder"])
+        self.hparams.update(patch_encoder=net_hparam(patch_encoder))
         given = {"stem": stem, "regression": regression}[self.section_name]
         self.build(section(given, self.section_defaults, self.section_name))
 

@@ -1,7 +1,7 @@
 """Image conditioning shared by Stem and the regression baseline.
 
-``PatchEncoder`` maps a batch to a condition vector (B, out_dim): with ``encoder=image`` a small CNN,
-trained jointly, reads the uint8 patch (B, 3, P, P); with ``encoder=embedding`` it passes through a
+``PatchEncoder`` maps a batch to a condition vector (B, out_dim): with ``kind=image`` a small CNN,
+trained jointly, reads the uint8 patch (B, 3, P, P); with ``kind=embedding`` it passes through a
 precomputed or frozen-backbone embedding (B, D) from the datamodule (UNI/CONCH features at paper
 scale), normalised by a LayerNorm.
 """
@@ -34,22 +34,22 @@ class PatchCNN(nn.Module):
 
 class PatchEncoder(nn.Module):
     def __init__(
-        self, encoder: str = "image", embedding_dim: int = 0, out_dim: int = 128, cnn_width: int = 32
+        self, kind: str = "image", embedding_dim: int = 0, out_dim: int = 128, cnn_width: int = 32
     ) -> None:
         super().__init__()
-        if encoder not in ENCODERS:
-            raise ValueError(f"module.encoder: {encoder!r} unknown; choose one of {ENCODERS}")
-        if encoder == "embedding" and embedding_dim <= 0:
-            raise ValueError("module.embedding_dim: encoder=embedding needs the embedding width D > 0")
-        self.encoder = encoder
-        self.net = PatchCNN(out_dim, cnn_width) if encoder == "image" else nn.LayerNorm(embedding_dim)
-        self.out_dim = out_dim if encoder == "image" else embedding_dim
+        if kind not in ENCODERS:
+            raise ValueError(f"module.patch_encoder.kind: {kind!r} unknown; choose one of {ENCODERS}")
+        if kind == "embedding" and embedding_dim <= 0:
+            raise ValueError("module.patch_encoder.embedding_dim: kind=embedding needs the embedding width D > 0")
+        self.encoder = kind
+        self.net = PatchCNN(out_dim, cnn_width) if kind == "image" else nn.LayerNorm(embedding_dim)
+        self.out_dim = out_dim if kind == "image" else embedding_dim
 
     def forward(self, batch: dict) -> torch.Tensor:
         key = "image" if self.encoder == "image" else "embedding"
         if key not in batch:
             raise KeyError(
-                f"module.encoder={self.encoder} needs batch[{key!r}]; set data.encoder to match "
+                f"module.patch_encoder.kind={self.encoder} needs batch[{key!r}]; set data.encoder to match "
                 f"(image for patches, precomputed/torchvision for embeddings)"
             )
         return self.net(batch[key])

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from modules.nets.gene_dit import GeneDiT
+from modules.spatial_base import DEFAULT_PATCH_ENCODER
 from modules.st_regression import STRegression
 from modules.stem import Stem
 
@@ -34,9 +35,12 @@ def _batch(b=5, g=8):
     }
 
 
+ENCODER = {**DEFAULT_PATCH_ENCODER, "out_dim": 8, "cnn_width": 8}
+
+
 def test_stem_sample_shape_nfe_and_loss():
     model = Stem(
-        n_genes=8, cond_dim=8, cnn_width=8, stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 4}
+        n_genes=8, patch_encoder=ENCODER, stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 4}
     )
     out = model.sample(3, generator=torch.Generator().manual_seed(0), cond=_batch())
     assert out.x.shape == (3, 5, 8) and out.nfe == 4
@@ -47,7 +51,7 @@ def test_stem_sample_shape_nfe_and_loss():
 
 
 def test_regression_samples_are_point_plus_residual_noise():
-    model = STRegression(n_genes=8, cond_dim=8, cnn_width=8, regression={"hidden": 16, "num_samples": 4000})
+    model = STRegression(n_genes=8, patch_encoder=ENCODER, regression={"hidden": 16, "num_samples": 4000})
     model.residual_var.fill_(0.25)
     out = model.predict_spots(_batch(), torch.Generator().manual_seed(0))
     assert torch.equal(out["single"], out["point"])
@@ -58,8 +62,7 @@ def test_regression_samples_are_point_plus_residual_noise():
 def test_stem_with_learned_variance_trains_and_samples():
     model = Stem(
         n_genes=8,
-        cond_dim=8,
-        cnn_width=8,
+        patch_encoder=ENCODER,
         stem={"width": 16, "depth": 1, "heads": 2, "sample_steps": 3, "learn_sigma": True},
     )
     loss = model.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))

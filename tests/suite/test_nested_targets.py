@@ -19,6 +19,7 @@ def test_nested_nodes_are_checked_against_their_own_constructor():
     check_all(cfg)  # score_net's dim and process are supplied by the module: not "missing"
     check_all(cfg_of("experiment=t2i_shapes", "scale=paper", "debug=fast"))
     check_all(cfg_of("experiment=rl_geneval", "debug=fast"))
+    check_all(cfg_of("experiment=stem_hest", "scale=paper"))
     assert list(cfg.module.vae.hidden) == [64, 32] and cfg.module.vae.in_dim == 784  # debug merges into the node
     with open_dict(cfg):
         cfg.module.vae.hiden = [8]
@@ -41,17 +42,19 @@ def test_instantiate_hands_the_module_plain_dicts(monkeypatch):
     assert type(seen["score_net"]) is dict and seen["score_net"]["hidden"] == 512
 
 
-@pytest.mark.parametrize("old,new", [
-    ("module.vae_hidden=[64]", "module.vae_hidden: renamed to module.vae.hidden"),
-    ("module.latent_dim=8", "module.latent_dim: renamed to module.vae.latent_dim"),
-    ("module.score_hidden=8", "module.score_hidden: renamed to module.score_net.hidden"),
-    ("module.n_freq=4", "module.n_freq: renamed to module.score_net.n_freq"),
-    ("module.text_dim=8", "module.text_dim: renamed to module.text_encoder.dim"),
-    ("module.base_channels=8", "module.base_channels: renamed to module.unet.base"),
-    ("module.text_heads=2", "module.text_heads: renamed to module.text_encoder.heads and module.unet.heads"),
+@pytest.mark.parametrize("experiment,old,new", [
+    ("ridge_mnist_latent", "module.vae_hidden=[64]", "module.vae_hidden: renamed to module.vae.hidden"),
+    ("ridge_mnist_latent", "module.latent_dim=8", "module.latent_dim: renamed to module.vae.latent_dim"),
+    ("ridge_mnist_latent", "module.score_hidden=8", "module.score_hidden: renamed to module.score_net.hidden"),
+    ("ridge_mnist_latent", "module.n_freq=4", "module.n_freq: renamed to module.score_net.n_freq"),
+    ("t2i_shapes", "module.text_dim=8", "module.text_dim: renamed to module.text_encoder.dim"),
+    ("t2i_shapes", "module.base_channels=8", "module.base_channels: renamed to module.unet.base"),
+    ("t2i_shapes", "module.text_heads=2",
+     "module.text_heads: renamed to module.text_encoder.heads and module.unet.heads"),
+    ("stem_synthetic", "module.cond_dim=8", "module.cond_dim: renamed to module.patch_encoder.out_dim"),
+    ("stem_hest", "module.encoder=embedding", "module.encoder: renamed to module.patch_encoder.kind"),
 ])
-def test_old_flat_keys_on_the_command_line_name_the_new_key(old, new, capsys):
-    experiment = "t2i_shapes" if "text" in old or "channels" in old else "ridge_mnist_latent"
+def test_old_flat_keys_on_the_command_line_name_the_new_key(experiment, old, new, capsys):
     assert run.main([f"experiment={experiment}", old]) == 2
     err = capsys.readouterr().err
     assert new in err and "'Renamed config keys' in README.md" in err, err

@@ -82,7 +82,7 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
     resolve_artifacts(cfg, groups, lambda sub, g: _run_nested(sub, g))
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
-        if cfg.study is not None and cfg.logger.group is None:
+        if cfg.logger.group is None:  # one W&B group per output folder, also for a single run
             cfg.logger.group = f"{cfg.experiment}-{output_dir.name}"
     if rank0:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from callbacks.nan_guard import NaNGuard
 from suite.checkpoints import AtomicCheckpointIO, checkpoint_callbacks, resolve_ckpt
 from suite.csv_log import CSVResume
 from suite.errors import ConfigError
-from suite.loggers import build_logger, finish_wandb, offline_hint
+from suite.loggers import announce_wandb, build_logger, finish_wandb
 from suite.results import VariantResult, clean, write_atomic
 from suite.study import eval_sweep
 from suite.targets import instantiate, locate
@@ -51,7 +51,8 @@ def run_job(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
     return [VariantResult(name, clean(metrics), vdir, seed=cfg.seed)]
 
 
-def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: list) -> L.Trainer:
+def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: list,
+                  variant: dict | None = None) -> L.Trainer:
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if targs["max_epochs"] is None:
         targs["max_epochs"] = -1  # training length is max_steps
@@ -66,7 +67,8 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
         callbacks.insert(0, NaNGuard())
     if cfg.ema.enabled:
         callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
-    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None)
+    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None,
+                          variant=variant)
     # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
     plugins = [] if "fsdp" in str(targs["strategy"]) else [AtomicCheckpointIO()]  # FSDP saves shards itself
     return L.Trainer(default_root_dir=str(vdir), logger=logger, callbacks=callbacks + extra_callbacks,
@@ -100,7 +102,7 @@ def _run_id(vdir: Path) -> str:
     return run_id
 
 
-def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+def run_lightning(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
     ckpt_path = resolve_ckpt(cfg.ckpt_path, vdir)  # an unreadable checkpoint is named before anything is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -113,8 +115,9 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
             raise ConfigError("compile=true: the module has no `net` attribute to compile")
         module.net = torch.compile(module.net)
     run_name = f"{cfg.experiment}/{name}"
-    trainer = build_trainer(cfg, vdir, run_name, [])
+    trainer = build_trainer(cfg, vdir, run_name, [], variant={"name": name, "overrides": overrides or {}})
     try:
+        announce_wandb(trainer.logger)
         t0 = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
@@ -143,9 +146,6 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
                 results.append(VariantResult(f"{name}@{param}={value}", scalars(trainer.callback_metrics), sdir,
                                              {param: value}, cfg.seed))
             setattr(module, param, original)
-        hint = offline_hint(vdir) if cfg.logger.type == "wandb" else ""
-        if hint and trainer.is_global_zero:
-            print(f"[genlab] {hint}")
         return results
     finally:
         finish_wandb()
@@ -154,7 +154,7 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]
 def run_variant(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
     """Run one variant; its results (and sweep points) carry the study's overrides for claims."""
     vdir.mkdir(parents=True, exist_ok=True)
-    results = run_job(cfg, vdir, name) if cfg.job is not None else run_lightning(cfg, vdir, name)
+    results = run_job(cfg, vdir, name) if cfg.job is not None else run_lightning(cfg, vdir, name, overrides)
     for r in results:
         r.overrides = {**(overrides or {}), **r.overrides}
         r.save()

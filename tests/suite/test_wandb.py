@@ -1,0 +1,108 @@
+"""W&B tells the truth about a run: a tiny diffusion_2d run logged offline is read back from its
+``.wandb`` file (tests/suite/wandb_records.py), and its config, job type, tags, group, history and
+summary are compared with what the run did (its config, history.csv, results.json). A run with
+another logger never imports wandb. Each run happens in a fresh interpreter (``sys.modules`` is the
+evidence), offline, with W&B's server address pointing at a closed local port, no API key and no
+terminal to prompt on."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.suite.test_outputs import SMALL
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [a for a in SMALL if not a.startswith("logger=")]
+
+DRIVER = """
+import json, sys
+import run
+code = run.main(json.loads(sys.argv[1]))
+print("WANDB_IMPORTED=" + str("wandb" in sys.modules))
+sys.exit(code)
+"""
+
+
+def run_tiny(out: Path, *extra: str) -> str:
+    """``run.main`` on the tiny diffusion_2d config in a fresh interpreter; its stdout and stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true",
+               WANDB_CONFIG_DIR=str(out / "wandb-config"), WANDB_CACHE_DIR=str(out / "wandb-cache"),
+               WANDB_DATA_DIR=str(out / "wandb-data"))
+    argv = [*TINY, f"output_dir={out / 'run'}", *extra]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argv)], cwd=ROOT, env=env, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_other_loggers_never_import_wandb(tmp_path, logger):
+    log = run_tiny(tmp_path, f"logger={logger}")
+    assert "WANDB_IMPORTED=False" in log, log[-3000:]
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    """One offline W&B run with a user tag; its folder, output and parsed records."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    out = tmp_path_factory.mktemp("wandb")
+    log = run_tiny(out, "logger=wandb", "logger.mode=offline", "logger.tags=[mine]", "seed=7")
+    files = wr.offline_runs(out / "run")
+    assert len(files) == 1, files
+    return out / "run", log, wr.records(files[0]), files[0]
+
+
+def test_offline_run_carries_the_whole_config(offline_run):
+    from tests.suite.wandb_records import config, run_record
+
+    folder, log, recs, _ = offline_run
+    assert "WANDB_IMPORTED=True" in log
+    run = run_record(recs)
+    assert run.job_type == "main"
+    assert list(run.tags) == ["diffusion_2d", "small", "mine"]
+    assert run.run_group == f"diffusion_2d-{folder.name}"
+    assert run.display_name == "diffusion_2d/main"
+    cfg = config(recs)
+    assert cfg["seed"] == 7 and cfg["experiment"] == "diffusion_2d" and cfg["scale"] == "small"
+    assert cfg["trainer"]["max_steps"] == 14 and cfg["trainer"]["log_every_n_steps"] == 1
+    assert cfg["data"]["n_train"] == 256 and cfg["data"]["batch_size"] == 64
+    assert cfg["module"]["hidden"] == 16 and cfg["module"]["sample_steps"] == 5
+    assert cfg["callbacks"]["samples"]["every_n_steps"] == 0
+    assert cfg["variant"] == {"name": "main", "overrides": {}}
+    assert cfg["versions"]["git"] and cfg["versions"]["torch"] and cfg["versions"]["lightning"]
+    saved = json.loads((folder / "results.json").read_text())["versions"]
+    assert cfg["versions"] == saved
+
+
+def test_offline_run_history_and_summary_match_the_run(offline_run):
+    from tests.suite.wandb_records import history, summary
+
+    folder, _, recs, _ = offline_run
+    rows = history(recs)
+    assert [r["_step"] for r in rows] == list(range(len(rows)))
+    train = [r for r in rows if "train/loss" in r]
+    # log_every_n_steps=1: one train/loss row at every optimizer step, in order
+    assert [r["trainer/global_step"] for r in train] == list(range(14))
+    with open(folder / "history.csv") as f:
+        written = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert [r["train/loss"] for r in train] == written
+    final = summary(recs)
+    metrics = json.loads((folder / "results.json").read_text())["metrics"]
+    tested = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    assert tested and {k: final[k] for k in tested} == tested
+
+
+def test_offline_run_is_announced_and_never_online(offline_run):
+    folder, log, _, path = offline_run
+    where = f"W&B run offline in {path.parent}: upload it with `wandb sync {path.parent}`"
+    assert log.count(where) == 2, log[-3000:]  # at start and at the end
+    logs = "".join(p.read_text(errors="ignore") for p in (folder / "wandb").rglob("*.log"))
+    assert "127.0.0.1:9" not in logs and "api.wandb.ai" not in logs

@@ -106,3 +106,47 @@ def test_offline_run_is_announced_and_never_online(offline_run):
     assert log.count(where) == 2, log[-3000:]  # at start and at the end
     logs = "".join(p.read_text(errors="ignore") for p in (folder / "wandb").rglob("*.log"))
     assert "127.0.0.1:9" not in logs and "api.wandb.ai" not in logs
+
+
+def test_study_variants_share_a_group_and_name_their_job_type(tmp_path):
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    study = "study={variants: {narrow: {module.hidden: 8}, wide: {module.hidden: 12}}}"
+    run_tiny(tmp_path, "logger=wandb", "logger.mode=offline", study, "claims=null", "trainer.max_steps=4")
+    seen = {}
+    for name in ("narrow", "wide"):
+        files = wr.offline_runs(tmp_path / "run" / name)
+        assert len(files) == 1, files
+        recs = wr.records(files[0])
+        seen[name] = (wr.run_record(recs), wr.config(recs))
+    assert {n: r.job_type for n, (r, _) in seen.items()} == {"narrow": "narrow", "wide": "wide"}
+    assert {r.run_group for r, _ in seen.values()} == {"diffusion_2d-run"}
+    assert {n: c["module"]["hidden"] for n, (_, c) in seen.items()} == {"narrow": 8, "wide": 12}
+    assert seen["wide"][1]["variant"] == {"name": "wide", "overrides": {"module.hidden": 12}}
+
+
+def test_reader_follows_records_across_blocks(tmp_path, monkeypatch):
+    """800 rows make a file of ~10 blocks, with records split into FIRST/MIDDLE/LAST chunks."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    wandb = pytest.importorskip("wandb")
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="reader", dir=str(tmp_path), mode="offline", config={"a": {"b": 1}})
+    for i in range(800):
+        run.log({"x": i, "text": f"{i:0300d}"})
+    run.finish()
+    wandb.teardown()  # stops the wandb-core service this test started
+    (path,) = wr.offline_runs(tmp_path)
+    data = path.read_bytes()
+    assert len(data) > 4 * wr.BLOCK
+    at_block_starts = {data[k * wr.BLOCK + 6] for k in range(1, len(data) // wr.BLOCK)}  # chunk types
+    assert at_block_starts & {wr.MIDDLE, wr.LAST}, "no record crosses a block boundary"
+    recs = wr.records(path)
+    rows = wr.history(recs)
+    assert [(r["_step"], r["x"], r["text"]) for r in rows] == [(i, i, f"{i:0300d}") for i in range(800)]
+    assert wr.config(recs)["a"] == {"b": 1} and wr.summary(recs)["x"] == 799
+    corrupt = bytearray(data)
+    corrupt[2 * wr.BLOCK + wr.CHUNK_HEADER.size] ^= 0xFF  # the first data byte of block 2
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        list(wr.payloads(bytes(corrupt)))

@@ -86,6 +86,7 @@ def test_kill9_then_resume_keeps_every_log_row(tmp_path):
     assert len(text(ref / "csv" / "metrics.csv").splitlines()) > 14  # one row per step at least
 
 
+@pytest.mark.slow  # three subprocess runs
 def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "term"
     term = {"kill": {"_target_": "tests.suite.helpers.SignalAt", "step": 7, "signal": 15}}
@@ -98,6 +99,7 @@ def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
     assert same_weights(out, ref)
 
 
+@pytest.mark.slow  # three subprocess runs
 def test_corrupt_newest_checkpoints_fall_back(tmp_path):
     out = tmp_path / "crashed"
     crash = {"crash": {"_target_": "tests.suite.helpers.CrashAt", "step": 7}}
@@ -134,6 +136,7 @@ def test_unreadable_checkpoints_exit_2_naming_the_file(tmp_path, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # a failed resume changes nothing
 
 
+@pytest.mark.slow  # three subprocess runs
 def test_second_run_into_a_busy_folder_exits_2(tmp_path, capsys):
     out = tmp_path / "busy"
     slow = {"slow": {"_target_": "tests.suite.helpers.SlowDown", "seconds": 0.5}}

@@ -20,8 +20,8 @@ import torch
 from core.diffusion.discrete_ddpm import LinearBetaDDPM, strided_ancestral_sample, vlb_term
 from core.diffusion.solvers import SampleResult
 from modules.nets.gene_dit import GeneDiT
-from modules.spatial_base import SpatialPredictor
 from modules.sampling import choose, generation, sample_options
+from modules.spatial_base import SpatialPredictor
 
 STEM_DEFAULTS = {
     "width": 64,

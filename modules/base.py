@@ -72,6 +72,13 @@ class GenLabModule(L.LightningModule):
                          generator=generator)
         return u.to(self.device, torch.float32)
 
+    def adamw_warmup_cosine(self) -> dict:
+        """The suite's default optimizer: AdamW on every parameter at ``hparams.lr`` and
+        ``hparams.weight_decay``, with ``warmup_cosine`` over ``hparams.warmup_steps``."""
+        h = self.hparams
+        return self.warmup_cosine(torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay),
+                                  h.warmup_steps)
+
     def warmup_cosine(self, optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict:
         """Lightning's optimizer config with a per-step schedule: linear warm-up over
         min(warmup_steps, max_steps / 10) steps, then cosine decay to 10% of the base rate at max_steps."""

@@ -112,9 +112,7 @@ class Diffusion(GenLabModule):
         self.log("test/nfe_per_sample", float(res.nfe), rank_zero_only=True)  # Heun: 2 per step
 
     def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        return self.warmup_cosine(opt, h.warmup_steps)
+        return self.adamw_warmup_cosine()
 
     # -- generation -----------------------------------------------------------------------------
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

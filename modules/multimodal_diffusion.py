@@ -211,9 +211,7 @@ class MultimodalDiffusion(GenLabModule):
             self.log(f"test/{k}", v, rank_zero_only=True)
 
     def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        return self.warmup_cosine(opt, h.warmup_steps)
+        return self.adamw_warmup_cosine()
 
     # ----- generation ---------------------------------------------------------------------------
     @generation

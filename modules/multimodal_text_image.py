@@ -178,9 +178,7 @@ class MultimodalTextImage(PromptGeneration, GenLabModule):
         self.log("test/loss", self.compute_loss(batch, torch.Generator().manual_seed(4321 + batch_idx)), sync_dist=True)
 
     def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        return self.warmup_cosine(opt, h.warmup_steps)
+        return self.adamw_warmup_cosine()
 
     # ----- generation ---------------------------------------------------------------------------
     @generation

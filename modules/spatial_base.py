@@ -142,6 +142,4 @@ class SpatialPredictor(GenLabModule):
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):
-        h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        return self.warmup_cosine(opt, h.warmup_steps)
+        return self.adamw_warmup_cosine()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,43 @@ def wandb_config(cfg: DictConfig, variant: dict[str, Any]) -> dict[str, Any]:
     return {**resolved, "variant": clean(variant), "versions": versions()}
 
 
+def wandb_active(cfg: DictConfig) -> bool:
+    """Whether this run records anything in W&B (``logger=wandb`` and a mode other than disabled)."""
+    return cfg.logger.type == "wandb" and wandb_mode(cfg) != "disabled"
+
+
+def run_id_of(folder: Path) -> str:
+    """The W&B run id stored in ``folder`` (made on first use), so a resumed run continues the same run."""
+    path = folder / "wandb_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def _run_args(cfg: DictConfig, run_name: str, run_id: str | None, resumed: str | None,
+              variant: dict[str, Any] | None, job_type: str | None = None) -> dict[str, Any]:
+    """The ``wandb.init`` arguments of every run of this suite: the whole config, ``job_type`` = the
+    variant's name, the tags [experiment, scale, *logger.tags] and the group of the output folder."""
+    mode = wandb_mode(cfg)
+    if mode == "online" and not has_wandb_credentials():
+        # W&B would otherwise ask for a key on a terminal (and hang a batch job)
+        raise ConfigError("logger.mode=online: no W&B credentials (set WANDB_API_KEY or run `wandb login`), "
+                          "or use logger.mode=offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    variant = variant or {"name": "main", "overrides": {}}
+    tags = list(dict.fromkeys([str(cfg.experiment), str(cfg.scale), *cfg.logger.tags]))
+    # the same id on resume: online, W&B continues the run; offline, `wandb sync` merges both parts
+    notes = f"{resumed}; continues W&B run {run_id}" if resumed else None
+    return dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, name=run_name,
+                mode=mode, tags=tags, id=run_id, resume="allow", notes=notes,
+                job_type=job_type or variant["name"], config=wandb_config(cfg, variant))
+
+
 def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | None = None,
                  resumed: bool = False, variant: dict[str, Any] | None = None):
     """The Lightning logger for one variant (False for ``logger=none``). A W&B run carries the whole
@@ -51,21 +89,79 @@ def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | N
         return ResumableCSVLogger(str(save_dir))
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = wandb_mode(cfg)
-    if mode == "online" and not has_wandb_credentials():
-        # W&B would otherwise ask for a key on a terminal (and hang a batch job)
-        raise ConfigError("logger.mode=online: no W&B credentials (set WANDB_API_KEY or run `wandb login`), "
-                          "or use logger.mode=offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    variant = variant or {"name": "main", "overrides": {}}
-    tags = list(dict.fromkeys([str(cfg.experiment), str(cfg.scale), *cfg.logger.tags]))
-    # the same id on resume: online, W&B continues the run; offline, `wandb sync` merges both parts
-    notes = f"resumed from a checkpoint; continues W&B run {run_id}" if resumed else None
-    return WandbLogger(
-        project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, name=run_name,
-        save_dir=str(save_dir), mode=mode, tags=tags, id=run_id, resume="allow", log_model=cfg.logger.log_model,
-        notes=notes, job_type=variant["name"], config=wandb_config(cfg, variant),
-    )
+    return WandbLogger(save_dir=str(save_dir), log_model=cfg.logger.log_model,
+                       **_run_args(cfg, run_name, run_id, "resumed from a checkpoint" if resumed else None,
+                                  variant))
+
+
+def start_wandb_run(cfg: DictConfig, run_name: str, save_dir: Path, variant: dict[str, Any] | None = None,
+                    job_type: str | None = None, resumed: str | None = None) -> Any:
+    """A plain W&B run (a ``job`` experiment, or the claims of a finished run) with the same name, group,
+    tags and config as a Lightning variant's, its id stored in ``save_dir``; None when nothing is
+    recorded (wandb is then not imported)."""
+    if not wandb_active(cfg):
+        return None
+    import wandb
+
+    run = wandb.init(dir=str(save_dir), **_run_args(cfg, run_name, run_id_of(save_dir), resumed, variant,
+                                                   job_type))
+    location = run_location(run)
+    if location:
+        print(f"[genlab] {location}", flush=True)
+    return run
+
+
+def log_job_outputs(run: Any, metrics: dict[str, Any], folder: Path) -> None:
+    """A job's returned metrics into the run summary, the PNG figures it wrote into ``folder`` as images
+    ``media/<file stem>``."""
+    import wandb
+
+    run.summary.update(clean(metrics))
+    images = {f"media/{p.stem}": wandb.Image(str(p)) for p in sorted(folder.glob("*.png"))}
+    if images:
+        run.log(images)
+
+
+def log_claims(cfg: DictConfig, claims: dict[str, Any], output_dir: Path, study: bool) -> None:
+    """The claims of a finished run into W&B: ``claims/<name>/{holds,value,reference}`` in the summary
+    (value and reference when numbers or strings, lists and dicts as JSON text) and a ``claims`` table.
+    A single run writes them into its variant's run (still open, or resumed by its id); a study into a
+    summary run of its group (``job_type=study``) in the study's folder. The run is then finished."""
+    if not claims or not wandb_active(cfg):
+        return
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        name = "study" if study else "main"
+        run = start_wandb_run(cfg, f"{cfg.experiment}/{name}", output_dir, {"name": name, "overrides": {}},
+                              job_type=name, resumed=None if study else "claims of the finished run")
+    rows, summary = [], {}
+    for name, claim in claims.items():
+        entry = claim.to_json()
+        value, reference = _summary_value(entry["value"]), _summary_value(entry["reference"])
+        rows.append([name, entry["holds"], _text(value), _text(reference), entry["detail"]])
+        summary[f"claims/{name}/holds"] = entry["holds"]
+        summary.update({f"claims/{name}/{key}": v for key, v in (("value", value), ("reference", reference))
+                        if v is not None})
+    run.summary.update(summary)
+    # one type per table column: value and reference as text (a claim's value may be a number or a word)
+    table = wandb.Table(columns=["name", "holds", "value", "reference", "detail"], data=rows)
+    run.log({"claims": table})
+    finish_wandb()
+
+
+def _summary_value(value: Any) -> Any:
+    """Numbers, booleans and strings as they are; lists and dicts as JSON text; anything else None."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def run_location(run: Any) -> str | None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 from datamodules.errors import DataError
 from suite.artifacts import resolve_artifacts
 from suite.errors import ConfigError
+from suite.loggers import finish_wandb, log_claims
 from suite.outdir import FolderLock, check_rerun, check_writable
 from suite.results import Claim, VariantResult, format_table, write_results
 from suite.study import apply_overrides, expand
@@ -76,7 +77,7 @@ def run(cfg: DictConfig, groups: dict, quiet: bool = False) -> Path:
 
 def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_dir: Path,
                   write_config: str | None) -> Path:
-    from suite.train import dump_config, load_variant, run_variant
+    from suite.train import dump_config
 
     rank0 = global_rank() == 0
     resolve_artifacts(cfg, groups, lambda sub, g: _run_nested(sub, g))
@@ -88,6 +89,16 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
         output_dir.mkdir(parents=True, exist_ok=True)
         if write_config == "first":
             dump_config(cfg, output_dir / "config.yaml")
+    try:
+        return _run_plan(cfg, quiet, t0, output_dir, write_config)
+    finally:
+        finish_wandb()  # a run left open for claims that were never written (a failure)
+
+
+def _run_plan(cfg: DictConfig, quiet: bool, t0: float, output_dir: Path, write_config: str | None) -> Path:
+    from suite.train import dump_config, load_variant, run_variant
+
+    rank0 = global_rank() == 0
     variants: dict[str, VariantResult] = {}
     plan = expand(cfg)
     for i, variant in enumerate(plan):
@@ -110,6 +121,8 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
                                          scale=cfg.scale, debug=cfg.debug)
                     print(f"[genlab] variant {variant.name} failed; partial results in {path}")
                 raise
+            if cfg.study is not None:
+                finish_wandb()  # each variant's own run; the study's claims go to a summary run
         variants.update({r.name: r for r in found})
     if rank0 and write_config == "last":
         dump_config(cfg, output_dir / "config.yaml")
@@ -118,6 +131,7 @@ def _run_variants(cfg: DictConfig, groups: dict, quiet: bool, t0: float, output_
         claims = locate_claims(cfg.claims)(variants, cfg)
     if not rank0:
         return output_dir / "results.json"
+    log_claims(cfg, claims, output_dir, study=cfg.study is not None)
     path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0,
                          scale=cfg.scale, debug=cfg.debug)
     if not quiet:

@@ -20,7 +20,7 @@ from callbacks.nan_guard import NaNGuard
 from suite.checkpoints import AtomicCheckpointIO, checkpoint_callbacks, resolve_ckpt
 from suite.csv_log import CSVResume
 from suite.errors import ConfigError
-from suite.loggers import announce_wandb, build_logger, finish_wandb
+from suite.loggers import announce_wandb, build_logger, finish_wandb, log_job_outputs, run_id_of, start_wandb_run
 from suite.results import VariantResult, clean, write_atomic
 from suite.study import eval_sweep
 from suite.targets import instantiate, locate
@@ -41,13 +41,22 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_job(cfg: DictConfig, vdir: Path, name: str) -> list[VariantResult]:
+def run_job(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
+    """A plain ``job`` function; with ``logger=wandb`` it gets a W&B run like a Lightning variant's (its
+    metrics in the summary, its PNG figures as images), left open for the claims (suite.runner)."""
     args = OmegaConf.to_container(cfg.job, resolve=True)
     fn = locate(args.pop("_target_"))
-    L.seed_everything(cfg.seed, verbose=False)
-    metrics = fn(output_dir=vdir, seed=cfg.seed, **args)
-    if not isinstance(metrics, dict):
-        raise TypeError(f"job {cfg.job._target_} returned {type(metrics).__name__}, expected a dict of metrics")
+    run = start_wandb_run(cfg, f"{cfg.experiment}/{name}", vdir, {"name": name, "overrides": overrides or {}})
+    try:
+        L.seed_everything(cfg.seed, verbose=False)
+        metrics = fn(output_dir=vdir, seed=cfg.seed, **args)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"job {cfg.job._target_} returned {type(metrics).__name__}, expected a dict of metrics")
+        if run is not None:
+            log_job_outputs(run, clean(metrics), vdir)
+    except BaseException:
+        finish_wandb()
+        raise
     return [VariantResult(name, clean(metrics), vdir, seed=cfg.seed)]
 
 
@@ -67,7 +76,7 @@ def build_trainer(cfg: DictConfig, vdir: Path, run_name: str, extra_callbacks: l
         callbacks.insert(0, NaNGuard())
     if cfg.ema.enabled:
         callbacks.insert(0, EMA(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
-    logger = build_logger(cfg, run_name, vdir, run_id=_run_id(vdir), resumed=cfg.ckpt_path is not None,
+    logger = build_logger(cfg, run_name, vdir, run_id=run_id_of(vdir), resumed=cfg.ckpt_path is not None,
                           variant=variant)
     # datamodules shard their own global batches (datamodules.base.GlobalBatchSampler)
     plugins = [] if "fsdp" in str(targs["strategy"]) else [AtomicCheckpointIO()]  # FSDP saves shards itself
@@ -87,19 +96,6 @@ class CheckpointOnSigterm(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
             if trainer.is_global_zero:
                 print(f"[genlab] SIGTERM at step {trainer.global_step}: checkpoint written to {self.path}")
-
-
-def _run_id(vdir: Path) -> str:
-    """A W&B run id stored in the variant folder, so a resumed run continues the same W&B run."""
-    path = vdir / "wandb_id.txt"
-    if path.exists():
-        return path.read_text().strip()
-    import uuid
-
-    run_id = uuid.uuid4().hex[:12]
-    vdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id)
-    return run_id
 
 
 def run_lightning(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
@@ -146,15 +142,17 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None
                 results.append(VariantResult(f"{name}@{param}={value}", scalars(trainer.callback_metrics), sdir,
                                              {param: value}, cfg.seed))
             setattr(module, param, original)
-        return results
-    finally:
+        return results  # the W&B run stays open for the claims (suite.runner finishes it)
+    except BaseException:
         finish_wandb()
+        raise
 
 
 def run_variant(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None = None) -> list[VariantResult]:
     """Run one variant; its results (and sweep points) carry the study's overrides for claims."""
     vdir.mkdir(parents=True, exist_ok=True)
-    results = run_job(cfg, vdir, name) if cfg.job is not None else run_lightning(cfg, vdir, name, overrides)
+    run = run_job if cfg.job is not None else run_lightning
+    results = run(cfg, vdir, name, overrides)
     for r in results:
         r.overrides = {**(overrides or {}), **r.overrides}
         r.save()

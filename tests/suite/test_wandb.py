@@ -1,8 +1,9 @@
 """W&B tells the truth about a run: a tiny diffusion_2d run logged offline is read back from its
 ``.wandb`` file (tests/suite/wandb_records.py), and its config, job type, tags, group, history and
-summary are compared with what the run did (its config, history.csv, results.json). A run with
-another logger never imports wandb. Each run happens in a fresh interpreter (``sys.modules`` is the
-evidence), offline, with W&B's server address pointing at a closed local port, no API key and no
+summary (claims included) are compared with what the run did (its config, history.csv,
+results.json); a job experiment's run and a study's summary run are read back too. A run with
+another logger never imports wandb. Each experiment runs in a fresh interpreter (``sys.modules`` is
+the evidence; the test configs' study of plain jobs runs in-process), offline, with W&B's server address pointing at a closed local port, no API key and no
 terminal to prompt on."""
 
 import csv
@@ -150,3 +151,86 @@ def test_reader_follows_records_across_blocks(tmp_path, monkeypatch):
     corrupt[2 * wr.BLOCK + wr.CHUNK_HEADER.size] ^= 0xFF  # the first data byte of block 2
     with pytest.raises(ValueError, match="checksum mismatch"):
         list(wr.payloads(bytes(corrupt)))
+
+
+def test_offline_run_summary_holds_every_claim(offline_run):
+    """The claims, computed after training, reach the variant's own run (one .wandb file) before it
+    is finished: the summary's ``claims/<name>/holds`` equal results.json's, and a claims table."""
+    from tests.suite.wandb_records import summary
+
+    folder, _, recs, _ = offline_run
+    claims = json.loads((folder / "results.json").read_text())["claims"]
+    final = summary(recs)
+    assert claims and {n: final[f"claims/{n}/holds"] for n in claims} == {n: c["holds"] for n, c in claims.items()}
+    for name, claim in claims.items():
+        if isinstance(claim["value"], (int, float, str)) and not isinstance(claim["value"], bool):
+            assert final[f"claims/{name}/value"] == claim["value"]
+    assert final["claims"]["_type"] == "table-file"
+
+
+def test_job_experiment_gets_a_run_with_its_figures(tmp_path):
+    """A ``job`` experiment (no Lightning) is a W&B run too: its config, its metrics in the summary and
+    the PNG figures it wrote, logged as images."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "cfg"),
+               WANDB_CACHE_DIR=str(tmp_path / "cache"), WANDB_DATA_DIR=str(tmp_path / "data"))
+    argv = ["experiment=normconst_gmm", "debug=fast", "logger=wandb", "logger.mode=offline",
+            f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argv)], cwd=ROOT, env=env, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    files = wr.offline_runs(tmp_path / "run")
+    assert len(files) == 1, files
+    recs = wr.records(files[0])
+    cfg = wr.config(recs)
+    assert cfg["experiment"] == "normconst_gmm" and cfg["variant"]["name"] == "main"
+    assert wr.run_record(recs).job_type == "main"
+    final = wr.summary(recs)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"] and {k: final[k] for k in results["metrics"]} == results["metrics"]
+    images = [k for row in [*wr.history(recs), final] for k, v in row.items()
+              if isinstance(v, dict) and v.get("_type") == "image-file"]
+    pngs = sorted(p.stem for p in (tmp_path / "run").glob("*.png"))
+    assert pngs and sorted(set(images)) == [f"media/{s}" for s in pngs]
+    copied = sorted(p.name.rsplit("_", 2)[0] for p in (files[0].parent / "files" / "media").rglob("*.png"))
+    assert copied == pngs  # the figures themselves travel with the run
+    assert {n: final[f"claims/{n}/holds"] for n in results["claims"]} == {
+        n: c["holds"] for n, c in results["claims"].items()}
+
+
+def test_study_claims_go_to_a_summary_run_of_the_group(config_dir, tmp_path, monkeypatch):
+    """A study's claims compare variants, so they go to one more run of the group, ``job_type=study``,
+    in the study's folder; each job variant has its own run (no claims there)."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    pytest.importorskip("wandb")
+    import run as genlab
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "study"
+    try:
+        assert genlab.main(["experiment=studied", "debug=fast", "logger=wandb", "logger.mode=offline",
+                            f"output_dir={out}"]) == 0
+    finally:
+        import wandb
+
+        wandb.teardown()
+    results = json.loads((out / "results.json").read_text())
+    (summary_file,) = wr.offline_runs(out)
+    recs = wr.records(summary_file)
+    run = wr.run_record(recs)
+    assert run.job_type == "study" and run.run_group == "studied-study" and run.display_name == "studied/study"
+    final = wr.summary(recs)
+    claim = results["claims"]["values_positive"]
+    assert {k: final[f"claims/values_positive/{k}"] for k in ("holds", "value", "reference")} == {
+        k: claim[k] for k in ("holds", "value", "reference")}
+    for name in results["variants"]:
+        (path,) = wr.offline_runs(out / name)
+        vrecs = wr.records(path)
+        assert wr.run_record(vrecs).job_type == name and wr.run_record(vrecs).run_group == "studied-study"
+        assert wr.summary(vrecs)["value"] == results["variants"][name]["metrics"]["value"]
+        assert not any(k.startswith("claims") for k in wr.summary(vrecs))

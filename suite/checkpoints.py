@@ -82,7 +82,9 @@ def candidates(ckpt_dir: Path) -> list[Path]:
 def load_error(path: Path) -> str | None:
     """Why ``path`` cannot be read as a checkpoint (None if it loads with ``weights_only=True``)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the structure is parsed (a truncated or foreign file fails) without reading every tensor
+        # into memory, which Lightning then does once when it resumes
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"{type(err).__name__}: {first[:160]}"

@@ -1,6 +1,7 @@
-"""Shapes-GenEval: a compositional text-to-image benchmark on procedurally rendered scenes with an
-exact evaluator (GenEval's protocol where detection is exact). See render.py, grammar.py,
-evaluator.py and prompts.py."""
+"""Shapes-GenEval: a compositional text-to-image benchmark on procedurally rendered scenes, judged by
+GenEval's rules on what a detector finds (exact on clean renders, robust to the blur, shifts, noise
+and JPEG of generated images). See grammar.py, render.py, prompts.py, segment.py, detector.py,
+shape_net.py, evaluator.py, degrade.py, robustness.py, judged.py and docs/methods/shapes_geneval.md."""
 
 from core.tasks.shapes.evaluator import Evaluation, detect, evaluate, geneval_score
 from core.tasks.shapes.grammar import COLORS, PALETTE, SHAPES, TAGS, Tokenizer, caption

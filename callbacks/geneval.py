@@ -11,6 +11,9 @@ distribution -- shows up next to the score).
   ``overall``, ``heldout`` / ``seen`` (prompts with / without held-out combinations), ``reward``
   (mean partial credit) and ``test/fid_w{w}``; plus ``test/geneval/floor`` (ground-truth renders
   judged against other prompts: a perfect text-ignoring generator) and ``test/geneval/ground_truth``.
+  Every test image set is judged as 8-bit images and saved with its prompts and verdicts to
+  ``<run>/geneval/test_geneval_w{w}.npz`` (``core.tasks.shapes.judged``: ``python -m
+  core.tasks.shapes.judged RUN_DIR`` recomputes the figures); the ground truth is regenerated from ``seed``.
 
 Cost: (prompts x images per prompt) generations at each measured validation; at test, as many per
 guidance w, plus the ground-truth renders and a small feature net for the FID (``fid_feature_steps``
@@ -20,7 +23,7 @@ under callbacks.isolation.measuring (the feature net's training seeds the global
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -36,6 +39,7 @@ from core.tasks.shapes import (
     load_eval_prompts,
     subset_per_category,
 )
+from core.tasks.shapes.judged import judge_and_save, summarise  # noqa: F401 (summarise: public here)
 from modules.media import log_images, log_table
 
 
@@ -104,7 +108,8 @@ class GenEvalCallback(L.Callback):
         for w in self.test_guidances:
             meta, images = self.generate(pl_module, prompts, self.k_test, guidance=w)
             key = f"test/geneval_w{w:g}"
-            metrics.update(summarise(key, images, meta))
+            saved = Path(trainer.default_root_dir) / "geneval" / f"{key.replace('/', '_')}.npz"
+            metrics.update(judge_and_save(saved if trainer.is_global_zero else None, key, images, meta))
             if feature_net is not None:
                 metrics[f"test/fid_w{w:g}"] = fid(feature_net, truth, images)
             self.log_media(trainer, key.replace("test/", "test_"), images, meta)
@@ -160,19 +165,6 @@ def image_size(pl_module) -> int:
     size = getattr(pl_module, "image_size", None)
     hparams = getattr(pl_module, "hparams", {})
     return int(size if size is not None else hparams.get("image_size", 32))
-
-
-def summarise(key: str, images: torch.Tensor, meta: list[dict]) -> dict[str, float]:
-    """GenEval per category with standard errors, held-out / seen split and mean reward."""
-    out = {f"{key}/{name}": v for name, v in geneval_score(images, meta).items()}
-    ev = evaluate(images, meta, strict=False)
-    out[f"{key}/reward"] = float(ev.reward.mean())
-    held = torch.tensor([bool(m.get("heldout")) for m in meta])
-    for name, sel in (("heldout", held), ("seen", ~held)):
-        if sel.any():
-            p = float(ev.passed[sel].float().mean())
-            out[f"{key}/{name}"], out[f"{key}/{name}_se"] = p, math.sqrt(p * (1 - p) / int(sel.sum()))
-    return out
 
 
 def text_ignoring_floor(truth: torch.Tensor, prompts: list[dict], seed: int = 0, repeats: int = 5) -> float:

@@ -11,7 +11,8 @@ import torch
 
 from callbacks.geneval import GenEvalCallback, fid, summarise
 from core.eval.features import train_feature_net
-from core.tasks.shapes import load_eval_prompts, render_batch, sample_scene, subset_per_category
+from core.tasks.shapes import evaluate, load_eval_prompts, render_batch, sample_scene, subset_per_category
+from core.tasks.shapes.judged import load_judged, main as recompute_cli, recompute
 from datamodules.shapes import ShapesDataModule
 
 
@@ -76,6 +77,26 @@ def test_geneval_callback_in_a_lightning_test_loop(tmp_path):
     assert 0.0 < m["test/geneval/floor"] < 0.4
     media = list((tmp_path / "media").iterdir())
     assert any(p.suffix == ".png" for p in media) and any(p.suffix == ".csv" for p in media)
+
+
+def test_judged_images_are_saved_and_the_figures_recomputed_from_them(tmp_path, capsys):
+    """The run folder holds every test image set the callback judged, and the GenEval figures
+    recomputed from those files equal the logged ones (a text-ignoring generator: passes and fails)."""
+    m, _ = run_test(tmp_path, "ignore_text")
+    for w in ("w1", "w3"):
+        path = tmp_path / "geneval" / f"test_geneval_{w}.npz"
+        saved = load_judged(path)
+        assert saved["images"].shape == (36, 3, 32, 32) and len(saved["meta"]) == 36
+        assert saved["key"] == f"test/geneval_{w}" and saved["reader"] == "net"
+        ev = evaluate(saved["images"], saved["meta"])
+        assert torch.equal(ev.passed, saved["passed"]) and torch.allclose(ev.reward, saved["reward"])
+        again = recompute(path)
+        assert again == saved["metrics"]
+        assert 0 < again[f"test/geneval_{w}/overall"] < 1
+        for name, value in again.items():
+            assert m[name] == pytest.approx(value, abs=1e-6), name
+    recompute_cli([str(tmp_path)])
+    assert "test/geneval_w3/overall" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["ignore_text", "blank"])

@@ -211,10 +211,13 @@ def test_regression_fixture_of_model_outputs():
     prompt except two borderline ones where the evaluator is stricter than the eye: a soft-cornered
     yellow "square" read as a circle (#1) and an orange "square" read as a triangle (#12); a ragged
     white square is read as a circle in #10, whose verdict is still right (the relation is wrong).
-    Those are the first (centroid) reader's verdicts (the png's captions). The default (net) reader,
-    trained on degraded renders, differs on two, frozen as ``passed_net``: it passes #3 (an orange
-    square and a round white-cyan blob for "a circle and a square": by eye defensible) and #8 (a
-    tilted, irregular blue blob read as "a blue square": generous), and still reads #1 as a circle."""
+    Those are the first (centroid) reader's verdicts (the png's captions), which read almost every
+    blob as a circle. The default (net) reader, trained on degraded renders, is frozen as
+    ``passed_net``; by eye it reads #5's purple diamond, #10's white square and #12's orange square
+    right, #10's cyan circle wrong (a diamond), and still reads #1's square as a circle. It passes three:
+    #3 (an orange square and a round white-cyan blob for "a circle and a square": by eye defensible),
+    #4 (a small green blob with a pointed top as the triangle: generous) and #8 (a tilted, irregular
+    blue blob as "a blue square": generous)."""
     meta_path = FIXTURE / "model_outputs.jsonl"
     rows = [json.loads(line) for line in meta_path.read_text().splitlines()]
     images = torch.load(FIXTURE / "model_outputs.pt", weights_only=True).float() / 255

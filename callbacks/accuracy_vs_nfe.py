@@ -78,7 +78,8 @@ class AccuracyVsNFE(L.Callback):
 
             table = wandb.Table(columns=["method", "nfe_per_problem", "accuracy", "ci95"],
                                 data=[list(r) for r in sorted_rows(rows)])
-            wandb_logger.experiment.log({"search/accuracy_vs_nfe": wandb.Image(fig), "search/table": table})
+            wandb_logger.experiment.log({"search/accuracy_vs_nfe": wandb.Image(fig), "search/table": table,
+                                         "trainer/global_step": trainer.global_step})  # the step of its scalars
         import matplotlib.pyplot as plt
 
         plt.close(fig)

@@ -40,7 +40,7 @@ from core.tasks.shapes import (
     subset_per_category,
 )
 from core.tasks.shapes.judged import judge_and_save, summarise  # noqa: F401 (summarise: public here)
-from modules.media import log_images, log_table
+from modules.media import log_images, log_measurement, log_table
 
 
 class GenEvalCallback(L.Callback):
@@ -84,9 +84,7 @@ class GenEvalCallback(L.Callback):
         with measuring(pl_module):
             meta, images = self.generate(pl_module, prompts, self.k, guidance=None)
         scores = geneval_score(images, meta)
-        for tag in [*TAGS, "overall"]:
-            if tag in scores:
-                pl_module.log(f"geneval/{tag}", scores[tag], rank_zero_only=True)
+        log_measurement(trainer, {f"geneval/{tag}": scores[tag] for tag in [*TAGS, "overall"] if tag in scores})
         self.log_media(trainer, "geneval", images, meta)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -112,7 +110,7 @@ class GenEvalCallback(L.Callback):
             metrics.update(judge_and_save(saved if trainer.is_global_zero else None, key, images, meta))
             if feature_net is not None:
                 metrics[f"test/fid_w{w:g}"] = fid(feature_net, truth, images)
-            self.log_media(trainer, key.replace("test/", "test_"), images, meta)
+            self.log_media(trainer, key, images, meta)  # media under their scalars' prefix
         return metrics
 
     def state_dict(self) -> dict:

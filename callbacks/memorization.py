@@ -17,7 +17,7 @@ import torch
 
 from callbacks.isolation import measuring
 from callbacks.periodic import EveryNSteps
-from modules.media import log_figure, log_images
+from modules.media import log_figure, log_images, log_measurement
 from core.eval.memorization import MEMORIZATION_THRESHOLD, memorized, nearest_neighbor_ratio
 
 
@@ -92,8 +92,7 @@ class MemorizationCallback(EveryNSteps):
             "memorization/ratio_median": float(ratio.median()),
             "memorization/ratio_q10": float(ratio.quantile(0.1)),
         }
-        for key, value in self.last.items():
-            pl_module.log(key, value, rank_zero_only=True)
+        log_measurement(trainer, self.last)
         self._media(trainer, samples, train, ratio, nn1)
         return self.last
 

@@ -12,7 +12,7 @@ import torch
 
 from callbacks.periodic import EveryNSteps
 from core.eval.memorization import activation_spread, active_row_cosine
-from modules.media import log_images
+from modules.media import log_images, log_measurement
 
 
 class RepresentationCallback(EveryNSteps):
@@ -44,8 +44,7 @@ class RepresentationCallback(EveryNSteps):
         self.last["representation/row_cosine"] = active_row_cosine(
             weight, train.cpu() - pl_module.data_mean.cpu()
         )
-        for key, value in self.last.items():
-            pl_module.log(key, value, rank_zero_only=True)
+        log_measurement(trainer, self.last)
         side = int(round(weight.shape[1] ** 0.5))
         if side * side == weight.shape[1]:
             rows = weight[weight.norm(dim=1).argsort(descending=True)[: self.n_rows]]

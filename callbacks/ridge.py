@@ -24,7 +24,7 @@ from core.ridge.analysis import (
 )
 from core.ridge.figures import plot_projection, plot_ridge_2d, plot_series
 from core.ridge.geometry import nearest_neighbour_spacing, unique_with_weights
-from modules.media import log_figure
+from modules.media import log_figure, log_measurement
 
 
 class RidgeCallback(L.Callback):
@@ -127,8 +127,7 @@ class RidgeCallback(L.Callback):
             "ridge/on_ridge_between_fraction": float(between.double().mean()),
         }
         metrics.update({f"ridge/{k}": v for k, v in summary.items() if math.isfinite(v)})
-        for k, v in metrics.items():
-            pl_module.log(k, float(v), rank_zero_only=True)
+        log_measurement(trainer, metrics)
         log_figure(trainer, "ridge/series", plot_series(series, phases, f"step {trainer.global_step}"))
         a = torch.tensor([float(process.alpha(t)) for t in times], dtype=torch.float64)
         late = traj[int((times > t_r).sum()) :] / a[int((times > t_r).sum()) :, None, None]  # t <= t_r

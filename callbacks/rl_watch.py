@@ -38,7 +38,7 @@ from core.tasks.shapes import (
     load_eval_prompts,
     subset_per_category,
 )
-from modules.media import log_figure
+from modules.media import log_figure, log_measurement
 
 _CACHE: dict[tuple, object] = {}  # feature nets and base-model scores, shared by a study's variants
 
@@ -96,9 +96,9 @@ class RLWatchCallback(L.Callback):
             return
         row = self.watch(trainer, pl_module)
         base = self.rows[0]
-        for key in ("geneval", "geneval_se", "reward", "fid", "fid_ratio", "nfe", "wall_s"):
-            pl_module.log(f"watch/{key}", row[key], rank_zero_only=True)
-        pl_module.log("watch/base_geneval", base["geneval"], rank_zero_only=True)
+        watched = {f"watch/{key}": row[key] for key in ("geneval", "geneval_se", "reward", "fid", "fid_ratio", "nfe",
+                                                         "wall_s")}
+        log_measurement(trainer, {**watched, "watch/base_geneval": base["geneval"]})
         if fid_drift_exceeded(row["fid"], base["fid"], self.fid_factor):
             self.stopped_step = step
             trainer.should_stop = True

@@ -182,9 +182,8 @@ class SharpnessCallback(Callback):
             with measuring(pl_module):
                 values = self.measure(trainer, pl_module)
             self.history.append({"step": step, **values})
-            for k, v in values.items():
-                if math.isfinite(v):
-                    pl_module.log(f"sharpness/{k}", v, on_step=True, on_epoch=False, rank_zero_only=True)
+            from modules.media import log_measurement  # once, at this step (not re-sent by Lightning)
+            log_measurement(trainer, {f"sharpness/{k}": v for k, v in values.items() if math.isfinite(v)})
 
     def on_train_end(self, trainer, pl_module):
         if self.history and trainer.is_global_zero:

@@ -1,5 +1,7 @@
-"""Media logging shared by modules and callbacks: to W&B when a WandbLogger is attached, otherwise
-to files in the run's output folder (``trainer.default_root_dir``/media). Rank 0 only.
+"""What modules and callbacks log outside Lightning's ``self.log``: measurements (scalars taken at one
+step) through ``log_measurement``, and media (figures, image lists, tables) to W&B when a WandbLogger is
+attached, otherwise to files in the run's output folder (``trainer.default_root_dir``/media). Rank 0
+only. A measurement and its media share the step (``trainer.global_step``) and the key prefix.
 
 It lives at the modules level rather than in callbacks/ or suite/: it needs the Trainer and its
 loggers (so not core/), LightningModules log samples through it (so not callbacks/, which modules
@@ -20,9 +22,36 @@ from core.utils.figures import to_uint8_grid
 
 def _wandb(trainer: L.Trainer):
     for logger in trainer.loggers:
+        logger = getattr(logger, "inner", logger)  # an evaluation sweep wraps the loggers (suite/sweep_log.py)
         if isinstance(logger, WandbLogger):
             return logger
     return None
+
+
+def log_measurement(trainer: L.Trainer, values: dict[str, float]) -> None:
+    """Log one measurement once, at the step where it was taken (``trainer.global_step``).
+
+    The values go straight to every logger (W&B receives ``trainer/global_step`` in the same row and no
+    ``step=``, which W&B drops when it is below the run's step, as after a resume), to callbacks with an
+    ``on_measurement(trainer, step, values)`` hook (history.csv), and into ``trainer.callback_metrics``
+    (what results.json and the claims read), as float32 tensors like ``self.log`` keeps them. Lightning's
+    ``self.log(..., on_step=True)`` from a callback would instead keep the value in its results and
+    re-send it with every later logging step, at a step one below the measurement's, until the next
+    measurement. Callers call it on global rank 0."""
+    if not values:
+        return
+    values = {k: float(v) for k, v in values.items()}
+    for key, value in values.items():
+        trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.get_default_dtype())
+    if not trainer.is_global_zero:
+        return
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=step)
+    for callback in trainer.callbacks:
+        hook = getattr(callback, "on_measurement", None)
+        if callable(hook):
+            hook(trainer, step, values)
 
 
 def media_dir(trainer: L.Trainer) -> Path:
@@ -48,7 +77,6 @@ def log_figure(trainer: L.Trainer, key: str, fig) -> None:
         else:
             fig.savefig(media_dir(trainer) / _fname(key, trainer.global_step, "png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
-
 
 
 def log_images(trainer: L.Trainer, key: str, images: torch.Tensor, captions: list[str] | None = None,

@@ -296,7 +296,7 @@ class MomentumDiffusion(GenLabModule):
         task = self.hparams.task
         if task == "images":
             side = self.hparams.image_side
-            log_images(self.trainer, f"samples/{name}", x[:64].clamp(-1, 1).reshape(-1, 1, side, side))
+            log_images(self.trainer, f"test/samples/{name}", x[:64].clamp(-1, 1).reshape(-1, 1, side, side))
             return
         fig, ax = plt.subplots(figsize=(4, 4) if task == "shapes" else (7, 3))
         if task == "shapes":
@@ -312,7 +312,7 @@ class MomentumDiffusion(GenLabModule):
             ax.plot(h, q[1], c="C3", label="median")
             ax.legend()
         ax.set_title(name, fontsize=8)
-        log_figure(self.trainer, f"samples/{name}", fig)
+        log_figure(self.trainer, f"test/samples/{name}", fig)
         plt.close(fig)
 
     def _frechet(self, x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -14,6 +14,21 @@ from suite.errors import ConfigError
 from suite.results import clean, versions
 
 
+# the metric families of the suite: each is plotted against trainer/global_step, the step at which a
+# value was measured, which W&B takes from the logged row (never wandb's own `step=`: W&B drops a row
+# whose step is below the run's, as after a resume or a fallback to an older checkpoint)
+FAMILIES = ("train", "val", "test", "sharpness", "memorization", "representation", "geneval", "ridge", "watch",
+            "search", "spatial", "samples", "steering", "media")
+STEP_KEY = "trainer/global_step"
+
+
+def define_steps(run: Any) -> None:
+    """``define_metric(<family>/*, step_metric=trainer/global_step)`` for every family of the suite."""
+    run.define_metric(STEP_KEY)
+    for family in FAMILIES:
+        run.define_metric(f"{family}/*", step_metric=STEP_KEY)
+
+
 def wandb_mode(cfg: DictConfig) -> str:
     """``logger.mode=auto`` means: WANDB_MODE if set, else online with WANDB_API_KEY, else offline."""
     if cfg.logger.mode != "auto":
@@ -89,7 +104,8 @@ def build_logger(cfg: DictConfig, run_name: str, save_dir: Path, run_id: str | N
         return ResumableCSVLogger(str(save_dir))
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(save_dir=str(save_dir), log_model=cfg.logger.log_model,
+    # log_model: the final checkpoint is logged by log_checkpoint (Lightning's would log a step=N.ckpt)
+    return WandbLogger(save_dir=str(save_dir), log_model=False,
                        **_run_args(cfg, run_name, run_id, "resumed from a checkpoint" if resumed else None,
                                   variant))
 
@@ -105,6 +121,7 @@ def start_wandb_run(cfg: DictConfig, run_name: str, save_dir: Path, variant: dic
 
     run = wandb.init(dir=str(save_dir), **_run_args(cfg, run_name, run_id_of(save_dir), resumed, variant,
                                                    job_type))
+    define_steps(run)
     location = run_location(run)
     if location:
         print(f"[genlab] {location}", flush=True)
@@ -122,12 +139,36 @@ def log_job_outputs(run: Any, metrics: dict[str, Any], folder: Path) -> None:
         run.log(images)
 
 
-def log_claims(cfg: DictConfig, claims: dict[str, Any], output_dir: Path, study: bool) -> None:
+def log_checkpoint(cfg: DictConfig, vdir: Path) -> None:
+    """With ``logger.log_model=true``: the variant's final ``checkpoints/last.ckpt`` as a ``model``
+    artifact ``model-<run id>`` (aliases latest, final) of its open W&B run. Offline, the record is in the
+    .wandb file and the file is uploaded by ``wandb sync``."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None)
+    ckpt = vdir / "checkpoints" / "last.ckpt"
+    if not cfg.logger.log_model or run is None or not ckpt.exists():
+        return
+    _log_files(run, "model", {"last.ckpt": ckpt}, {"experiment": str(cfg.experiment), "dir": str(vdir)})
+
+
+def _log_files(run: Any, kind: str, files: dict[str, Path], metadata: dict[str, Any]) -> None:
+    import wandb
+
+    artifact = wandb.Artifact(f"{kind}-{run.id}", type=kind, metadata=metadata)
+    for name, path in files.items():
+        artifact.add_file(str(path), name=name)
+    run.log_artifact(artifact, aliases=["latest", "final"])
+
+
+def log_claims(cfg: DictConfig, claims: dict[str, Any], output_dir: Path, study: bool,
+               results: Path | None = None) -> None:
     """The claims of a finished run into W&B: ``claims/<name>/{holds,value,reference}`` in the summary
-    (value and reference when numbers or strings, lists and dicts as JSON text) and a ``claims`` table.
-    A single run writes them into its variant's run (still open, or resumed by its id); a study into a
-    summary run of its group (``job_type=study``) in the study's folder. The run is then finished."""
-    if not claims or not wandb_active(cfg):
+    (value and reference when numbers or strings, lists and dicts as JSON text) and a ``claims`` table;
+    with ``logger.log_model=true`` also ``results`` (results.json) as a ``results`` artifact. A single run
+    writes them into its variant's run (still open, or resumed by its id); a study into a summary run of
+    its group (``job_type=study``) in the study's folder. The run is then finished."""
+    publish = cfg.logger.log_model and results is not None and results.exists()
+    if not (claims or publish) or not wandb_active(cfg):
         return
     import wandb
 
@@ -145,9 +186,11 @@ def log_claims(cfg: DictConfig, claims: dict[str, Any], output_dir: Path, study:
         summary.update({f"claims/{name}/{key}": v for key, v in (("value", value), ("reference", reference))
                         if v is not None})
     run.summary.update(summary)
-    # one type per table column: value and reference as text (a claim's value may be a number or a word)
-    table = wandb.Table(columns=["name", "holds", "value", "reference", "detail"], data=rows)
-    run.log({"claims": table})
+    if rows:
+        # one type per table column: value and reference as text (a claim's value may be a number or a word)
+        run.log({"claims": wandb.Table(columns=["name", "holds", "value", "reference", "detail"], data=rows)})
+    if publish:
+        _log_files(run, "results", {"results.json": results}, {"experiment": str(cfg.experiment)})
     finish_wandb()
 
 
@@ -181,7 +224,10 @@ def announce_wandb(logger: Any) -> None:
 
     if isinstance(logger, WandbLogger):
         run = logger.experiment  # created here rather than at the start of fit
-        location = None if isinstance(run, DummyExperiment) else run_location(run)
+        if isinstance(run, DummyExperiment):
+            return
+        define_steps(run)
+        location = run_location(run)
         if location:
             print(f"[genlab] {location}", flush=True)
 

@@ -23,6 +23,7 @@ from suite.errors import ConfigError
 from suite.loggers import announce_wandb, build_logger, finish_wandb, log_job_outputs, run_id_of, start_wandb_run
 from suite.results import VariantResult, clean, write_atomic
 from suite.study import eval_sweep
+from suite.sweep_log import log_sweep_table, sweep_point
 from suite.targets import instantiate, locate
 
 # Lightning warns about these on every max_steps-based run; they say nothing about ours.
@@ -136,12 +137,14 @@ def run_lightning(cfg: DictConfig, vdir: Path, name: str, overrides: dict | None
             original = getattr(module, param)
             for value in values:
                 setattr(module, param, value)
-                trainer.test(module, datamodule=datamodule, verbose=False)
+                with sweep_point(trainer, param, value):  # logged keys carry /<param>_<value>: all are kept
+                    trainer.test(module, datamodule=datamodule, verbose=False)
                 sdir = vdir / "sweep" / f"{param}={value}"
                 sdir.mkdir(parents=True, exist_ok=True)
                 results.append(VariantResult(f"{name}@{param}={value}", scalars(trainer.callback_metrics), sdir,
                                              {param: value}, cfg.seed))
             setattr(module, param, original)
+            log_sweep_table(trainer, param, [(r.overrides[param], r.metrics) for r in results[1:]])
         return results  # the W&B run stays open for the claims (suite.runner finishes it)
     except BaseException:
         finish_wandb()

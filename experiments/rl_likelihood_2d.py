@@ -167,6 +167,7 @@ def run_job(output_dir: Path, seed: int, dataset: str = "moons", hidden: int = 1
     t_range = tuple(float(v) for v in (t_range or [0.02, 0.98]))
     data = sample_toy2d(dataset, 20000, gen)
     torch.manual_seed(seed)  # the MLP's initialisation
+    print(f"[rl_likelihood_2d] seed {seed}: training the old flow ({train_steps} steps), then fine-tuning", flush=True)
     old = train_flow(data, hidden, depth, train_steps, train_batch, lr, gen)
     new = finetune_rwr(old, finetune_steps, finetune_batch, finetune_lr, reward_target or [1.0, 0.0],
                        reward_temperature, finetune_sample_steps, gen)
@@ -177,6 +178,8 @@ def run_job(output_dir: Path, seed: int, dataset: str = "moons", hidden: int = 1
     metrics: dict[str, float] = {"test/n_samples": n_samples, "test/exact_steps": exact_steps}
     raw: dict[int, dict[str, Tensor]] = {}
     for k_steps in budgets:
+        print(f"[rl_likelihood_2d] seed {seed}: K = {k_steps} (budgets {budgets}): exact and estimated log-ratios",
+              flush=True)
         counter = EvalCounter()
         x1 = torch.randn(n_samples, 2, generator=gen, dtype=torch.float64)
         traj = flow_sample(x1, time_grid(1.0, 0.0, k_steps).double(), velocity=old, solver="sde", sde_noise="flowgrpo",

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from datamodules.errors import DataError
 from suite.artifacts import resolve_artifacts
 from suite.errors import ConfigError
-from suite.loggers import finish_wandb, log_claims
+from suite.loggers import finish_wandb, log_checkpoint, log_claims
 from suite.outdir import FolderLock, check_rerun, check_writable
 from suite.results import Claim, VariantResult, format_table, write_results
 from suite.study import apply_overrides, expand
@@ -111,7 +111,8 @@ def _run_plan(cfg: DictConfig, quiet: bool, t0: float, output_dir: Path, write_c
             found = load_variant(vdir)
         else:
             if len(plan) > 1:
-                print(f"[genlab] variant {i + 1}/{len(plan)}: {variant.name}")
+                print(f"[genlab] variant {i + 1}/{len(plan)}: {variant.name}", flush=True)
+            started = time.time()
             try:
                 found = run_variant(vcfg, vdir, variant.name, variant.overrides)
             except BaseException as err:
@@ -121,6 +122,10 @@ def _run_plan(cfg: DictConfig, quiet: bool, t0: float, output_dir: Path, write_c
                                          scale=cfg.scale, debug=cfg.debug)
                     print(f"[genlab] variant {variant.name} failed; partial results in {path}")
                 raise
+            if len(plan) > 1:  # progress of a study (a job prints nothing else while it runs)
+                print(f"[genlab] variant {i + 1}/{len(plan)}: {variant.name} done in {time.time() - started:.1f} s",
+                      flush=True)
+            log_checkpoint(vcfg, vdir)  # logger.log_model=true: last.ckpt as an artifact of the variant's run
             if cfg.study is not None:
                 finish_wandb()  # each variant's own run; the study's claims go to a summary run
         variants.update({r.name: r for r in found})
@@ -131,9 +136,9 @@ def _run_plan(cfg: DictConfig, quiet: bool, t0: float, output_dir: Path, write_c
         claims = locate_claims(cfg.claims)(variants, cfg)
     if not rank0:
         return output_dir / "results.json"
-    log_claims(cfg, claims, output_dir, study=cfg.study is not None)
     path = write_results(output_dir, cfg.experiment, variants, claims, int(cfg.seed), time.time() - t0,
                          scale=cfg.scale, debug=cfg.debug)
+    log_claims(cfg, claims, output_dir, study=cfg.study is not None, results=path)
     if not quiet:
         print("\n" + format_table(variants, claims))
         print(f"\n[genlab] results: {path}")

@@ -31,11 +31,15 @@ sys.exit(code)
 
 def run_tiny(out: Path, *extra: str) -> str:
     """``run.main`` on the tiny diffusion_2d config in a fresh interpreter; its stdout and stderr."""
+    return run_fresh(out, [*TINY, f"output_dir={out / 'run'}", *extra])
+
+
+def run_fresh(out: Path, argv: list[str]) -> str:
+    """``run.main(argv)`` in a fresh interpreter, W&B offline with its server at a closed port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true",
                WANDB_CONFIG_DIR=str(out / "wandb-config"), WANDB_CACHE_DIR=str(out / "wandb-cache"),
                WANDB_DATA_DIR=str(out / "wandb-data"))
-    argv = [*TINY, f"output_dir={out / 'run'}", *extra]
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argv)], cwd=ROOT, env=env, text=True,
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -234,3 +238,124 @@ def test_study_claims_go_to_a_summary_run_of_the_group(config_dir, tmp_path, mon
         assert wr.run_record(vrecs).job_type == name and wr.run_record(vrecs).run_group == "studied-study"
         assert wr.summary(vrecs)["value"] == results["variants"][name]["metrics"]["value"]
         assert not any(k.startswith("claims") for k in wr.summary(vrecs))
+
+
+def steps_of(rows: list[dict], key: str) -> list[int]:
+    """The ``trainer/global_step`` of every W&B history row that holds ``key``, in logging order."""
+    return [int(r["trainer/global_step"]) for r in rows if key in r]
+
+
+def csv_steps(path: Path, key: str) -> list[int]:
+    with open(path) as f:
+        return [int(float(r["step"])) for r in csv.DictReader(f) if r.get(key)]
+
+
+@pytest.fixture(scope="module")
+def sharpness_run(tmp_path_factory):
+    """vl_eos_mlp debug=fast, GD only (study=null), sharpness every 3 of 9 steps, log_model=true."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    out = tmp_path_factory.mktemp("sharpness")
+    run_fresh(out, ["experiment=vl_eos_mlp", "debug=fast", "study=null", "logger=wandb", "logger.mode=offline",
+                    "logger.log_model=true", "callbacks.sharpness.every_n_steps=3", "trainer.max_steps=9",
+                    "trainer.val_check_interval=9", f"output_dir={out / 'run'}"])
+    (path,) = wr.offline_runs(out / "run")
+    return out / "run", wr.records(path)
+
+
+@pytest.mark.slow  # one vl_eos_mlp run (~30 s)
+def test_a_measurement_is_logged_once_at_its_step(sharpness_run):
+    """The steps of ``sharpness/lambda_max`` in W&B are the measurement steps of sharpness.csv, each
+    once (Lightning's on-step logging re-sent it at every logging step, one step early), and history.csv
+    holds it at the same steps; its train/ and val/ rows sit at W&B's steps too. Every family is plotted
+    against trainer/global_step."""
+    from tests.suite.wandb_records import config, history, step_metrics
+
+    folder, recs = sharpness_run
+    rows = history(recs)
+    measured = csv_steps(folder / "sharpness.csv", "lambda_max")
+    assert measured == [3, 6, 9]
+    assert steps_of(rows, "sharpness/lambda_max") == measured
+    assert csv_steps(folder / "history.csv", "sharpness/lambda_max") == measured
+    for key in ("train/loss", "val/loss", "sharpness/late_lambda_max", "test/loss"):
+        assert csv_steps(folder / "history.csv", key) == steps_of(rows, key) != [], key
+    assert step_metrics(recs)["sharpness/*"] == "trainer/global_step"
+    cfg = config(recs)
+    assert cfg["seed"] == 0 and cfg["experiment"] == "vl_eos_mlp" and cfg["study"] is None
+    assert cfg["data"]["n_train"] == 64 and cfg["trainer"]["max_steps"] == 9
+    assert cfg["callbacks"]["sharpness"]["every_n_steps"] == 3
+
+
+@pytest.mark.slow  # shares the vl_eos_mlp run
+def test_log_model_logs_the_final_checkpoint_and_results(sharpness_run):
+    from tests.suite.wandb_records import artifacts, run_record
+
+    _, recs = sharpness_run
+    run_id = run_record(recs).run_id
+    found = {a["type"]: a for a in artifacts(recs)}
+    assert found["model"]["name"] == f"model-{run_id}" and found["model"]["files"] == ["last.ckpt"]
+    assert found["results"]["name"] == f"results-{run_id}" and found["results"]["files"] == ["results.json"]
+    assert "final" in found["model"]["aliases"]
+
+
+@pytest.mark.slow  # one momentum_shapes study run (~25 s)
+def test_an_evaluation_sweep_keeps_one_value_per_swept_nfe(tmp_path):
+    """momentum_shapes re-tests each trained model at every ``sample_nfe`` (debug=fast: 6 and 8): each
+    re-test's metrics carry the swept value, each once, in W&B and in history.csv, beside the first
+    test's plain ``test/`` keys, and a table of metric vs NFE with its line plots."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    run_fresh(tmp_path, ["experiment=momentum_shapes", "debug=fast", "logger=wandb", "logger.mode=offline",
+                         f"output_dir={tmp_path / 'run'}"])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    variants = [v for v in results["variants"] if "@" not in v]
+    assert variants
+    for name in variants:
+        (path,) = wr.offline_runs(tmp_path / "run" / name)
+        recs = wr.records(path)
+        rows = wr.history(recs)
+        for nfe in (6, 8):
+            key = f"test/sliced_w2/sample_nfe_{nfe}"
+            assert len(steps_of(rows, key)) == 1, key
+            value = [r[key] for r in rows if key in r][0]
+            assert value == pytest.approx(results["variants"][f"{name}@sample_nfe={nfe}"]["metrics"]["test/sliced_w2"])
+            assert len(csv_steps(tmp_path / "run" / name / "history.csv", key)) == 1
+        assert len(steps_of(rows, "test/sliced_w2")) == 1  # the first test, not overwritten
+        table = [r["test/sweep/sample_nfe"] for r in rows if "test/sweep/sample_nfe" in r]
+        assert len(table) == 1 and table[0]["_type"] == "table-file"
+        assert any(k.startswith("test/sweep/sliced_w2_vs_sample_nfe") for r in rows for k in r)
+
+
+@pytest.mark.slow  # one t2i_shapes run (~30 s)
+def test_media_share_the_step_and_prefix_of_their_scalars(tmp_path):
+    """t2i_shapes: GenEval's images and tables sit under the prefix of its scores (``geneval/`` during
+    training, ``test/geneval_w<w>/`` at test) and at the same trainer/global_step."""
+    wr = pytest.importorskip("tests.suite.wandb_records")
+    run_fresh(tmp_path, ["experiment=t2i_shapes", "debug=fast", "logger=wandb", "logger.mode=offline",
+                         f"output_dir={tmp_path / 'run'}"])
+    (path,) = wr.offline_runs(tmp_path / "run")
+    rows = wr.history(wr.records(path))
+    media = {k: int(r["trainer/global_step"]) for r in rows for k, v in r.items() if "/" in k  # not `claims`
+             and isinstance(v, dict) and v.get("_type") in ("image-file", "images/separated", "table-file")}
+    scalars = {k: steps_of(rows, k) for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    assert {"geneval/samples", "geneval/table", "test/geneval_w1/samples", "test/geneval_w3/table"} <= set(media)
+    for key, step in media.items():
+        prefix = key.rsplit("/", 1)[0] + "/"
+        near = [k for k in scalars if k.startswith(prefix) and step in scalars[k]]
+        assert near, f"media {key} at step {step}: no scalar under {prefix} at that step"
+
+
+def test_sync_lists_every_offline_run_of_a_folder(tmp_path, capsys):
+    """``python -m suite.sync DIR --dry-run`` finds every wandb/offline-run-* under DIR (variants, the
+    study's summary run) and groups the parts of a run resumed offline under its id; it uploads nothing."""
+    from suite import sync
+
+    made = ["a/wandb/offline-run-20260101_000000-aaa", "a/wandb/offline-run-20260101_010000-aaa",
+            "b/wandb/offline-run-20260101_000500-bbb", "wandb/offline-run-20260101_020000-ccc"]
+    for rel in made:
+        (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "b" / "wandb" / "latest-run").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in sync.offline_runs(tmp_path)] == [
+        made[0], made[2], made[1], made[3]]
+    assert sync.main([str(tmp_path), "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert "run aaa (2 parts, uploaded in this order as one run)" in shown and "4 offline run folder(s)" in shown
+    assert sync.main([str(tmp_path / "missing"), "--dry-run"]) == 2

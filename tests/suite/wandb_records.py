@@ -151,3 +151,19 @@ def summary(recs: list) -> dict:
         for item in update.remove:
             _drop(out, item)
     return out
+
+
+def step_metrics(recs: list) -> dict[str, str]:
+    """``define_metric`` globs and names -> their step metric (``{"sharpness/*": "trainer/global_step"}``)."""
+    out = {}
+    for metric in of_kind(recs, "metric"):
+        name = metric.glob_name or metric.name
+        if metric.step_metric:
+            out[name] = metric.step_metric
+    return out
+
+
+def artifacts(recs: list) -> list[dict]:
+    """The artifacts the run logged: type, name, aliases and the paths of their files."""
+    return [{"type": a.type, "name": a.name, "aliases": list(a.aliases),
+             "files": sorted(e.path for e in a.manifest.contents)} for a in of_kind(recs, "artifact")]

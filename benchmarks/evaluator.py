@@ -3,7 +3,8 @@ the default (net) one.
 
 1. Robustness: ground-truth renders of the 553 evaluation prompts (one satisfying scene per prompt,
    seed (0, i)) under each degradation at its worst setting -- PIL GaussianBlur radius 1, JPEG q75,
-   a whole-image shift of (+-2, +-2) px, additive noise of std 0.05 -- and clean. Per reader: shape
+   a whole-image shift of (+-2, +-2) px, additive noise of std 0.05 --, clean, and a random mix of
+   them (``degrade.random_degradation``: blur sigma ~ U(0, 1), JPEG q75-90, ...). Per reader: shape
    and colour accuracy of the drawn objects, GenEval strict pass, and how many renders the blur
    merges (left out; ``core.tasks.shapes.degrade``). Target (issue "Measurements you can trust"):
    strict pass >= 0.95 on each degradation, 1.000 clean. The prompts are only measured here; the

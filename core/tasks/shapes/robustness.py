@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from core.tasks.shapes.degrade import add_noise, jpeg, merged_by_blur, pil_blur, shift
+from core.tasks.shapes.degrade import add_noise, jpeg, merged_by_blur, pil_blur, random_degradation, shift
 from core.tasks.shapes.evaluator import Detections, evaluate
 from core.tasks.shapes.render import COLOR_ID, SHAPE_ID, render_batch
 
@@ -25,6 +25,7 @@ WORST = {
     "jpeg": "JPEG quality 75",
     "shift": "whole-image shift of (+-2, +-2) px",
     "noise": "additive Gaussian noise, std 0.05",
+    "mix": "random mix (degrade.random_degradation)",
 }
 
 
@@ -40,6 +41,8 @@ def degrade_worst(name: str, images: torch.Tensor, seed: int = 0) -> tuple[torch
         return jpeg(images, 75), offsets
     if name == "noise":
         return add_noise(images, 0.05, torch.Generator().manual_seed(seed)), offsets
+    if name == "mix":  # every image: shift, blur sigma ~ U(0, 1), maybe noise, maybe JPEG q75-90, maybe jitter
+        return random_degradation(images, np.random.default_rng(seed))
     if name == "shift":
         rng = np.random.default_rng(seed)
         offsets = torch.from_numpy(rng.choice([-2, 2], size=(b, 2)))  # the corners of the +-2 square
@@ -74,9 +77,10 @@ def robustness_row(
 ) -> dict[str, float]:
     """Shape / colour accuracy and strict pass of the detector with ``reader`` on
     the renders of ``scenes`` (satisfying ``prompts``) degraded by ``name`` at its worst setting;
-    under blur the renders whose objects merge (``degrade.merged_by_blur``) are left out and counted."""
+    under blur (and the mix, whose blur is at most that) the renders whose objects a blur of 1 px merges
+    (``degrade.merged_by_blur``) are left out and counted."""
     images, offsets = degrade_worst(name, render_batch(scenes), seed)
-    keep = ~merged_by_blur(scenes, 1.0) if name == "blur" else torch.ones(len(scenes), dtype=torch.bool)
+    keep = ~merged_by_blur(scenes, 1.0) if name in ("blur", "mix") else torch.ones(len(scenes), dtype=torch.bool)
     idx = keep.nonzero().flatten().tolist()
     images, offsets = images[idx], offsets[idx]
     scenes, prompts = [scenes[i] for i in idx], [prompts[i] for i in idx]

@@ -4,7 +4,14 @@ Guo, Tao, Chen 2025 (arXiv 2502.04575), section 4. A path pi_l ∝ f_l = e^{-U_l
 tractable pi_0 (known Z_0) to the target pi_L = pi ∝ e^{-V}. Neal's AIS (eq. 4.1 there):
 
     x_0 ~ pi_0,   log w = log Z_0 + sum_{l<L} [log f_{l+1}(x_l) - log f_l(x_l)],
-    x_{l+1} ~ T_{l+1}(x_l, .)  (ULA or MALA targeting pi_{l+1}),   E[w] = Z  (exact for MALA).
+    x_{l+1} ~ T_{l+1}(x_l, .)  (MALA, the default, or ULA targeting pi_{l+1}),   E[w] = Z.
+
+E[w] = Z needs x_0 ~ pi_0 and every T_l to leave pi_l invariant. MALA's Metropolis-Hastings test
+makes it so (for any step size); ULA does not: its stationary law on a Gaussian of precision p has
+variance 1 / (p (1 - h p / 2)), so each weight increment is averaged under a too-wide law and log Z_hat
+is biased (the paper's variant, kept as ``transition="ula"``; bias measured in
+tests/core/estimators/test_ais.py). Of the two paths below the geometric one starts exactly; the
+quadratic tilt starts from a Laplace approximation, so MALA makes it unbiased only up to that start.
 
 Each path writes U_l(x) = c_l V(x) + R_l(x) with an analytic reference part R_l, so its weight
 increment costs an oracle call only when c_l changes:
@@ -14,6 +21,10 @@ increment costs an oracle call only when c_l changes:
   log Z_0 ≈ -V(0) + (d/2) log(2 pi / lambda_0);
 * :class:`GeometricPath`: U_l = beta_l V + (1 - beta_l) (-log N(x; m_0, s_0^2 I)), beta_l = (l/L)^p,
   started from exact draws of N(m_0, s_0^2 I), Z_0 = 1.
+
+For targets that know their modes (``modes``, (K, d)), :func:`mode_coverage` gives the fraction of
+final chains nearest (Euclidean) each mode: AIS moves chains only locally, so a path that never
+leaves the mode it starts in shows coverage near one-hot whatever its log Z_hat says.
 
 Oracle calls (V or grad V, per chain) are charged to a :class:`core.estimators.densities.CountedTarget`.
 The cost bound d beta^2 A^2 / eps^4 uses the action A = int_0^1 |dot pi_theta|^2_{W2} dtheta of the
@@ -102,16 +113,29 @@ class GeometricPath:
 @dataclass
 class AISResult:
     """``log_w`` (n,) log-weights (E e^{log_w} = Z); ``x`` (n, d) final states; ``oracle_calls``:
-    total V / grad V evaluations (all chains); ``acceptance``: mean MALA acceptance (1 for ULA)."""
+    total V / grad V evaluations (all chains); ``acceptance``: mean MALA acceptance (1 for ULA);
+    ``coverage``: (K,) fraction of final chains nearest each mode (None when the target has no
+    ``modes``)."""
 
     log_w: torch.Tensor
     x: torch.Tensor
     oracle_calls: int
     acceptance: float
+    coverage: torch.Tensor | None = None
 
     @property
     def oracle_calls_per_chain(self) -> float:
         return self.oracle_calls / self.log_w.shape[0]
+
+
+def mode_coverage(x: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """(K,) fraction of the points x (n, d) whose nearest (Euclidean) mode among ``modes`` (K, d) is k."""
+    if modes.ndim != 2 or x.ndim != 2 or modes.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"mode_coverage: need x (n, d) and modes (K, d), got {tuple(x.shape)}, {tuple(modes.shape)}"
+        )
+    nearest = torch.cdist(x.double(), modes.double()).argmin(1)
+    return torch.bincount(nearest, minlength=modes.shape[0]).double() / x.shape[0]
 
 
 def annealed_importance_sampling(
@@ -119,15 +143,17 @@ def annealed_importance_sampling(
     path: QuadraticTiltPath | GeometricPath,
     num_chains: int,
     step_size: float,
-    transition: str = "ula",
+    transition: str = "mala",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     max_step_ratio: float = 0.1,
 ) -> AISResult:
     """Run ``num_chains`` AIS chains (all as one (n, d) tensor) along ``path``; see module docstring.
 
-    ULA: x <- x - h grad U_{l+1}(x) + sqrt(2h) xi (one grad V per chain and level, plus one V when
-    c_l changes). MALA adds a Metropolis-Hastings correction (V and grad V at the proposal).
+    MALA (default): the ULA proposal y = x - h grad U_{l+1}(x) + sqrt(2h) xi accepted with probability
+    min(1, e^{U(x) - U(y)} q(x | y) / q(y | x)): V and grad V at the proposal, two oracle calls per
+    chain and level (V, grad V at the current state are cached). ULA (the paper's): y always
+    accepted, one grad V per chain and level, plus one V when c_l changes.
     The step at level l is h_l = min(step_size, max_step_ratio / curvature(R_l)): ULA's stationary
     variance on a Gaussian of precision p is 1 / (p (1 - h p / 2)), so a fixed h that is stable at
     lambda_0 would still inflate the early levels' spread and bias every weight increment.
@@ -174,7 +200,9 @@ def annealed_importance_sampling(
         v_x = torch.where(accept, v_y, v_x)
         grad_x = torch.where(accept[:, None], grad_y, grad_x)
     acceptance = accepted / path.num_levels if transition == "mala" else 1.0
-    return AISResult(log_w, x, target.oracle_calls - calls_before, acceptance)
+    modes = getattr(target.target, "modes", None)
+    coverage = mode_coverage(x, modes) if modes is not None else None
+    return AISResult(log_w, x, target.oracle_calls - calls_before, acceptance, coverage)
 
 
 def _diag_gaussian_levels(path, mean: torch.Tensor, variances: torch.Tensor, thetas: torch.Tensor):

@@ -1,5 +1,6 @@
 """Figures of the normalizing-constant experiments: log Z error and Z_hat / Z against the oracle
-budget, the estimators' final samples, and the oracle calls needed for a fixed error against d."""
+budget, the estimators' final samples, the oracle calls needed for a fixed error against d, and
+``normconst_gmm_dims``'s error / ESS / mode-weight TV against d and budget (with its table)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,76 @@ def plot_dims(curves, needed, dims, actions, eps, metrics, output_dir: Path) -> 
     fig.tight_layout()
     fig.savefig(output_dir / "calls_for_fixed_error_vs_dim.png", dpi=120)
     plt.close(fig)
+
+
+_GMM_DIMS_PANELS = (
+    ("abs_log_z_error", "mean |log Z_hat - log Z|", "log"),
+    ("ess_fraction", "Kish ESS / chains", "log"),
+    ("weights_tv", "mode-weight TV", "linear"),
+)
+
+
+def _gmm_dims_value(metrics: dict, d: int, budget: int, est: str, name: str) -> float:
+    return metrics.get(f"test/d={d}/{est}@{budget}/{name}", float("nan"))
+
+
+def _gmm_dims_grid(metrics, estimators, panels, xs, x_label, path: Path, per_column) -> None:
+    """3 x len(panels) grid: rows the three measures, one column per entry of ``panels``; each line an
+    estimator over ``xs``; ``per_column(col) -> (title, fn(x) -> (d, budget))``."""
+    fig, axes = plt.subplots(3, len(panels), figsize=(4 * len(panels), 9), squeeze=False)
+    for col, panel in enumerate(panels):
+        title, key = per_column(panel)
+        for row, (name, label, yscale) in enumerate(_GMM_DIMS_PANELS):
+            ax = axes[row, col]
+            for est in estimators:
+                ax.plot(xs, [_gmm_dims_value(metrics, *key(x), est, name) for x in xs], "o-", label=est)
+            ax.set(xscale="log", yscale=yscale, xlabel=x_label, ylabel=label, title=title)
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes[0, col].axhline(0.3, color="k", ls="--", lw=0.8)  # the claim's thresholds
+        axes[2, col].axhline(0.1, color="k", ls="--", lw=0.8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gmm_dims(
+    metrics: dict, estimators: list[str], dims: list[int], budgets: list[int], output_dir: Path
+) -> None:
+    """``gmm_dims_vs_budget.png``: rows |log Z error|, ESS, mode-weight TV; one column per d; x the
+    oracle calls per chain. ``gmm_dims_vs_dim.png``: the same three against d at each budget."""
+    _gmm_dims_grid(
+        metrics, estimators, dims, budgets, "oracle calls per chain", output_dir / "gmm_dims_vs_budget.png",
+        lambda d: (f"d = {d}", lambda b: (d, b)),
+    )
+    _gmm_dims_grid(
+        metrics, estimators, budgets, dims, "dimension d", output_dir / "gmm_dims_vs_dim.png",
+        lambda b: (f"{b} calls per chain", lambda d: (d, b)),
+    )
+
+
+def write_gmm_dims_table(
+    metrics: dict, estimators: list[str], dims: list[int], budgets: list[int], path: Path
+) -> None:
+    """Markdown table: one row per (d, budget, estimator)."""
+    cols = ("oracle_calls_per_chain", "abs_log_z_error", "z_ratio_mean", "ess_fraction", "weights_tv")
+    lines = [
+        "| d | budget | estimator | calls/chain | mean abs dlogZ | Z_hat/Z | ESS/N | mode-weight TV | K | M |"
+        " AIS modes covered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in dims:
+        for b in budgets:
+            for est in estimators:
+                v = [_gmm_dims_value(metrics, d, b, est, c) for c in cols]
+                extra = [
+                    _gmm_dims_value(metrics, d, b, est, c) for c in ("steps", "proposals_per_step", "modes_covered")
+                ]
+                extra_s = ["" if x != x else f"{x:.0f}" for x in extra]  # nan -> empty
+                lines.append(
+                    f"| {d} | {b} | {est} | {v[0]:.0f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.3f} | {v[4]:.3f} | "
+                    + " | ".join(extra_s)
+                    + " |"
+                )
+    path.write_text("\n".join(lines) + "\n")

@@ -12,6 +12,8 @@ Targets (Guo, Tao, Chen 2025, arXiv 2502.04575, section 6; ZOD-MC / NormConstEst
   OU-noised marginals (an oracle reference for the reverse-diffusion estimator);
 * :func:`four_mode_gmm`: the paper's 2-D mixture (means (0,0),(0,11),(9,9),(11,0), weights
   .1/.2/.3/.4, the reference code's covariances), Z = 1;
+* :func:`random_mixture`: K modes of given (unequal) weights in any d, means on a sphere with a
+  minimum separation, full covariances Q diag(eig) Q^T with random rotations, all from one seed;
 * :func:`gaussian`: one Gaussian N(m, diag(v)) in any d (the d-scaling family);
 * :class:`Funnel`: Neal's funnel, x_0 ~ N(0, s^2), x_i | x_0 ~ N(0, e^{x_0}), log Z = 0;
 * :class:`ManyWell`: d/2 independent double wells V(a, b) = a^4 - 6 a^2 - a/2 + b^2/2, log Z by
@@ -116,6 +118,12 @@ class GaussianMixture(Target):
         self.mode_weights = self.weights / self.weights.sum()
         self._precision0 = self._precision(0.0)
 
+    @property
+    def modes(self) -> torch.Tensor:
+        """(K, d) component means, the modes that mode coverage is measured against (distinct modes
+        when the components are well separated)."""
+        return self.means
+
     def _precision(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Precision (K, d, d) and log-determinant (K,) of the OU marginal's components at time t."""
         a, h = math.exp(-t), -math.expm1(-2.0 * t)
@@ -208,6 +216,43 @@ def gaussian(
         [weight],
         name=f"gaussian_d{dim}",
     )
+
+
+def random_mixture(
+    dim: int,
+    weights: Sequence,
+    radius: float = 6.0,
+    min_separation: float = 6.0,
+    eig_range: Sequence = (0.5, 2.0),
+    seed: int = 0,
+) -> GaussianMixture:
+    """sum_k w_k N(m_k, C_k) in R^dim, fixed by ``seed``: means radius * u_k with u_k uniform on the
+    sphere, redrawn until every pair is ``min_separation`` apart; C_k = Q_k diag(e_k) Q_k^T with Q_k
+    a random rotation (QR of a Gaussian matrix) and e_k log-uniform in ``eig_range``. Z = sum_k w_k."""
+    lo, hi = (float(v) for v in eig_range)
+    if dim < 1 or not 0 < lo <= hi or radius <= 0:
+        raise ValueError(
+            "random_mixture: need dim >= 1, 0 < eig_range[0] <= eig_range[1], radius > 0; "
+            f"got dim={dim}, eig_range={list(eig_range)}, radius={radius}"
+        )
+    k = len(weights)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(10000):
+        u = torch.randn(k, dim, generator=gen, dtype=torch.float64)
+        means = radius * u / u.norm(dim=1, keepdim=True)
+        if k < 2 or float(torch.pdist(means).min()) >= min_separation:
+            break
+    else:
+        raise ValueError(
+            f"random_mixture: no {k} means on a radius-{radius} sphere in d={dim} are "
+            f"min_separation={min_separation} apart"
+        )
+    q, r = torch.linalg.qr(torch.randn(k, dim, dim, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None, :]  # Haar-distributed rotations
+    frac = torch.rand(k, dim, generator=gen, dtype=torch.float64)
+    eig = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * frac)
+    covs = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
+    return GaussianMixture(means, 0.5 * (covs + covs.transpose(1, 2)), weights, name=f"gmm{k}_d{dim}")
 
 
 class Funnel(Target):
@@ -312,9 +357,11 @@ class ModifiedMuellerBrown(Target):
 
 
 def make_target(name: str, **kwargs) -> Target:
-    """Build a target by name: four_mode_gmm | gmm | gaussian | funnel | many_well | mueller_brown."""
+    """Build a target by name: four_mode_gmm | gmm | random_mixture | gaussian | funnel | many_well |
+    mueller_brown."""
     builders = {
         "four_mode_gmm": four_mode_gmm,
+        "random_mixture": random_mixture,
         "gmm": GaussianMixture,
         "gaussian": gaussian,
         "funnel": Funnel,

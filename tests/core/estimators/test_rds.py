@@ -1,6 +1,6 @@
 """Reverse-diffusion estimator: the Girsanov weight against the Gaussian-kernel ratio by brute force,
 unbiasedness for any score on a Gaussian with known Z, score estimates against the closed form,
-and the oracle counts."""
+the inner MALA against the closed-form Gaussian posterior of x_0 given x_t, and the oracle counts."""
 
 import math
 
@@ -10,12 +10,14 @@ import torch
 from core.estimators.logmeanexp import summarize_log_weights
 from core.estimators.rds import (
     ExactMixtureScore,
+    SNISMALAScore,
     SNISScore,
     ULAPosteriorScore,
     forward_time_grid,
+    mala_on_posterior,
     reverse_diffusion_log_z,
 )
-from core.estimators.densities import CountedTarget, four_mode_gmm, gaussian
+from core.estimators.densities import CountedTarget, GaussianMixture, four_mode_gmm, gaussian
 
 
 def _log_normal(x, mean, var):
@@ -150,3 +152,66 @@ def test_bad_settings_fail_early():
         reverse_diffusion_log_z(CountedTarget(gaussian(1)), lambda x, t: x, 2, weight="x")
     with pytest.raises(ValueError, match="num_samples"):
         SNISScore(CountedTarget(gaussian(1)), 0)
+
+
+def _gaussian_posterior(target, centre, var):
+    """Closed form of p(x_0 | x) ∝ N(x_0; m, C) N(x_0; centre, var I): precision C^{-1} + I / var,
+    mean P^{-1} (C^{-1} m + centre / var)."""
+    c_inv = torch.linalg.inv(target.covs[0])
+    prec = c_inv + torch.eye(target.dim, dtype=torch.float64) / var
+    cov = torch.linalg.inv(prec)
+    return cov @ (c_inv @ target.means[0] + centre / var), cov
+
+
+def _full_cov_target(d=3):
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    return GaussianMixture(torch.linspace(-1, 1, d)[None], (a @ a.T / d + 0.3 * torch.eye(d))[None], [3.0])
+
+
+@pytest.mark.parametrize("start", ["posterior", "one_point"])
+def test_inner_mala_targets_the_gaussian_posterior(start):
+    """From exact posterior draws, 10 MALA steps keep mean and covariance (invariance); from one
+    point, 300 steps reach them. Moments against the closed form; every V / grad V counted."""
+    target = _full_cov_target()
+    t, n = 0.7, 20000
+    var = math.expm1(2 * t)
+    centre = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    mean, cov = _gaussian_posterior(target, centre, var)
+    gen = torch.Generator().manual_seed(0)
+    if start == "posterior":
+        x0 = mean + torch.randn(n, 3, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+        steps = 10
+    else:
+        x0, steps = torch.zeros(n, 3, dtype=torch.float64), 300
+    counted = CountedTarget(target)
+    out, acc = mala_on_posterior(counted, x0, -target.potential(x0), centre.expand(n, 3), var, steps, 0.4, gen)
+    assert counted.oracle_calls == n + 2 * n * steps
+    assert 0.3 < acc < 0.95 and float((out != x0).any(1).double().mean()) > 0.5
+    se = (torch.diagonal(cov) / n).sqrt()
+    assert ((out.mean(0) - mean).abs() < 4 * se).all(), (out.mean(0), mean)
+    tol = 0.04 * float(torch.diagonal(cov).max())
+    assert torch.allclose(torch.cov(out.T), cov, atol=tol), (torch.cov(out.T), cov)
+
+
+def test_snis_mala_score_beats_snis_at_equal_budget_in_d8_and_counts():
+    """d = 8, t = 1: SNIS's proposal has ESS/M = [sigma^2 (sigma^2 + 2 s^2) / (sigma^2 + s^2)^2]^{d/2}
+    ≈ 0.004; the inner MALA chains repair the posterior mean. Both against the closed-form score."""
+    target = gaussian(8, mean=1.0)
+    gen = torch.Generator().manual_seed(0)
+    t, b = 1.0, 200
+    x = math.exp(-t) * target.sample(b, gen) + math.sqrt(-math.expm1(-2 * t)) * torch.randn(
+        b, 8, generator=gen, dtype=torch.float64
+    )
+    exact = target.noised_score(x, t)
+    counted = CountedTarget(target)
+    score = SNISMALAScore(counted, 64, 8, 20, step_size=0.3, generator=gen)
+    mala = score(x, t)
+    assert counted.oracle_calls == b * (64 + 8 * (1 + 2 * 20))
+    assert 0.5 < score.acceptance < 1.0
+    snis = SNISScore(CountedTarget(target), 64 + 8 * 41, gen)(x, t)
+    err_mala = float((mala - exact).norm(dim=1).mean())
+    err_snis = float((snis - exact).norm(dim=1).mean())
+    assert err_mala < 0.5 * err_snis, (err_mala, err_snis)
+    with pytest.raises(ValueError, match="SNISMALAScore"):
+        SNISMALAScore(counted, 4, 0, 2)

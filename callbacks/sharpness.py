@@ -3,6 +3,10 @@
 Every ``every_n_steps`` optimiser steps, on rank 0, over a fixed probe batch (the first ``probe_size``
 training examples; the loss noise fixed by a seeded generator through ``compute_loss(batch, generator)``):
   sharpness/lambda_max        top eigenvalue of the loss Hessian (warm-started Lanczos, core/optim/hessian.py)
+  sharpness/lambda_max_err    its error bar r1 = ||H v - lambda_max v||: lambda_max is a lower bound and some
+                              eigenvalue lies within r1 of it, so the top one is in [lambda_max, lambda_max + r1]
+                              unless it escaped the Krylov space (docs/methods/eos_variational.md); also in
+                              sharpness.csv, and precond_lambda_max_err beside precond_lambda_max
   sharpness/lr_times_lambda   lr * lambda_max (GD is at the edge when this is 2)
   sharpness/threshold         the threshold the relevant sharpness is compared with:
                               GD/SGD(momentum b): (2 + 2b)/lr on lambda_max;
@@ -143,8 +147,9 @@ class SharpnessCallback(Callback):
             return pl_module.compute_loss(batch, generator=gen)
 
         op = HessianOperator(loss_fn, params)
+        seed = self.probe_seed + 2 * len(self.history)  # a fresh random direction mixed into each warm start
         res = lanczos_top_eigen(op.matvec, op.dim, v0=self._v, rtol=self.rtol, max_iter=self.max_iter,
-                                generator=torch.Generator().manual_seed(self.probe_seed))
+                                generator=torch.Generator().manual_seed(seed))
         lam = float(res.eigenvalues[0])
         self._v = res.eigenvectors[:, 0].float()
         grad = op.gradient().to("cpu", torch.float64)
@@ -154,6 +159,7 @@ class SharpnessCallback(Callback):
         info = optimizer_stability(opt)
         out = {"lambda_max": lam, "lr_times_lambda": info["lr"] * lam, "threshold": info["threshold"],
                "grad_proj_sq": g_proj_sq, "grad_sq": float(grad @ grad), "n_hvp": float(res.n_matvec),
+               "lambda_max_err": float(res.residuals[0]),
                "loss": float(op.loss)}
         out["sigma_sq"] = info.get("sigma_sq", 0.0)
         out["mc_samples"] = float(info.get("n_samples", 0))
@@ -167,9 +173,10 @@ class SharpnessCallback(Callback):
             if p_diag is not None:
                 pre = lanczos_top_eigen(preconditioned_matvec(op.matvec, p_diag), op.dim, v0=self._v_pre,
                                         rtol=self.rtol, max_iter=self.max_iter,
-                                        generator=torch.Generator().manual_seed(self.probe_seed + 1))
+                                        generator=torch.Generator().manual_seed(seed + 1))
                 self._v_pre = pre.eigenvectors[:, 0].float()
                 out["precond_lambda_max"] = float(pre.eigenvalues[0])
+                out["precond_lambda_max_err"] = float(pre.residuals[0])
                 out["lr_times_precond_lambda"] = info["lr"] * out["precond_lambda_max"]
         return out
 

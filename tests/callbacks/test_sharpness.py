@@ -80,6 +80,20 @@ def test_warm_start_cuts_the_cost():
     assert warm < cold
 
 
+def test_error_bar_brackets_the_exact_top_eigenvalue_and_reaches_the_csv(tmp_path):
+    """lambda_max <= exact <= lambda_max + lambda_max_err at the default rtol; the error bar is a column."""
+    module, batch = TinyModule(), _batch()
+    cb = SharpnessCallback(probe_size=20)
+    out = cb.measure(_fake_trainer(module, torch.optim.SGD(module.parameters(), lr=0.1), batch), module)
+    exact = _exact_top(module, batch)
+    assert 0 < out["lambda_max_err"] <= cb.rtol * out["lambda_max"]
+    assert out["lambda_max"] <= exact * (1 + 1e-6) and exact <= (out["lambda_max"] + out["lambda_max_err"]) * (1 + 1e-6)
+    cb.history.append({"step": 0, **out})
+    cb._write_csv(SimpleNamespace(default_root_dir=str(tmp_path)))
+    header = (tmp_path / "sharpness.csv").read_text().splitlines()[0].split(",")
+    assert "lambda_max_err" in header and "lambda_max" in header
+
+
 def test_variational_gd_logs_hcrit_from_the_window():
     module, batch = TinyModule(), _batch()
     opt = IVON(module.parameters(), lr=0.2, ess=1.0, hess_init=1e3, beta1=0.0, beta2=1.0, weight_decay=0.0,

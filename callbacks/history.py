@@ -49,22 +49,32 @@ class HistoryCallback(L.Callback):
             self._record(step, values)
 
     def on_test_end(self, trainer, pl_module) -> None:
-        # callback_metrics are reset when a test starts: all of them were logged by this test
+        # callback_metrics are reset when a test starts: all of them were logged by this test. The row is
+        # added to the file as it is on disk: under ddp_spawn each fit and test runs in a worker with its
+        # own copy of this callback, so the training rows are in the file, not in this copy
+        before = len(self.rows)
         self._record(trainer.global_step, _scalars(trainer.callback_metrics), self.key_suffix)
-        self.write(trainer)
+        if trainer.is_global_zero and len(self.rows) > before:
+            on_disk = []
+            if self.path.is_file():
+                with open(self.path, newline="") as f:
+                    on_disk = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+            self._write(on_disk + self.rows[before:])
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.write(trainer)
 
     def write(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero or not self.rows:
-            return
-        columns = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
+        if trainer.is_global_zero and self.rows:
+            self._write(self.rows)
+
+    def _write(self, rows: list[dict[str, float]]) -> None:
+        columns = ["step"] + sorted({k for r in rows for k in r} - {"step"})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(rows)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}

@@ -26,6 +26,15 @@ class _KeepingWriter(ExperimentWriter):
             with open(path, newline="") as f:
                 self.metrics_keys = sorted(next(csv.reader(f), []))
 
+    def _record_new_keys(self) -> set[str]:
+        # the file's header may have grown in another process (a ddp_spawn worker of an earlier
+        # trainer.test writes through its own copy of this writer): a rewrite keeps those columns
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                self.metrics_keys = sorted(set(self.metrics_keys) | set(next(csv.reader(f), [])))
+        return super()._record_new_keys()
+
 
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger(save_dir, name="csv", version="")`` that keeps earlier rows (see the module doc)."""

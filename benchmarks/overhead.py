@@ -1,18 +1,25 @@
 """Per-step overhead of training through the suite (Lightning + the suite's default callbacks and
 logging) against a plain PyTorch loop on the same model, data, batch and optimizer.
 
-    python benchmarks/overhead.py [--steps 400]
+    python benchmarks/overhead.py [--repeats 5] [--steps 300] [--run-repeats 3] [--skip-default-run]
 
-Prints, for the default diffusion_2d config and for a tiny step (batch 512, width 128, depth 1):
-time per step of each, their ratio and the overhead in microseconds per step; then the wall time
-of `python run.py --list` and of the default run end to end. Ratios are measured in one run on
-this machine; they are not thresholds.
+Each case is measured ``--repeats`` times, plain and suite interleaved (plain, suite, plain, suite,
+...), so that a change of load on a shared machine hits both alike; the table gives the median time
+per step of each, the median of the per-repeat ratios suite / plain with their spread (min-max and
+the interquartile range), and the median overhead in microseconds per step. Then the wall time of
+`python run.py --list` and of the default run end to end (median and min-max of ``--run-repeats``),
+with the CPU seconds (user + sys, the run and its children: the figure that survives a loaded
+machine) and the load average before and after. Ratios describe this machine at this time; they are
+not thresholds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,8 +51,7 @@ class StepTimer(L.Callback):
 
 
 def lightning_step_time(argv: list[str], steps: int, warmup: int, folder: Path) -> float:
-    cfg = compose(*split_argv(argv + [f"trainer.max_steps={steps + warmup}", "trainer.val_check_interval=100000",
-                                      ]))
+    cfg = compose(*split_argv(argv + [f"trainer.max_steps={steps + warmup}", "trainer.val_check_interval=100000"]))
     torch.manual_seed(0)
     dm, module = instantiate(cfg.data), instantiate(cfg.module)
     timer = StepTimer(warmup)
@@ -81,18 +87,52 @@ def plain_step_time(argv: list[str], steps: int, warmup: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def wall(cmd: list[str]) -> float:
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    """First and third quartiles (statistics.quantiles, inclusive method); the value itself for one point."""
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def child_run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + sys of the command and its children) of one subprocess."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, WANDB_MODE="offline"))
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report_runs(label: str, cmd: list[str], repeats: int, fresh: Path | None = None) -> None:
+    """Median and min-max of ``repeats`` runs of ``cmd``; ``fresh``: a folder removed before each run (an
+    output folder, which a rerun would otherwise reuse)."""
+    l0, runs = load(), []
+    for _ in range(repeats):
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+        runs.append(child_run(cmd))
+    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+    print(f"{label}: wall {statistics.median(walls):.1f} s (min-max {min(walls):.1f}-{max(walls):.1f}), "
+          f"CPU user+sys {statistics.median(cpus):.1f} s (min-max {min(cpus):.1f}-{max(cpus):.1f}), "
+          f"{repeats} runs; load average {l0} before, {load()} after")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved plain/suite pairs per case")
+    parser.add_argument("--run-repeats", type=int, default=3, help="end-to-end runs of `python run.py`")
     parser.add_argument("--skip-default-run", action="store_true")
     args = parser.parse_args()
+    if args.repeats < 1 or args.run_repeats < 1:
+        parser.error("--repeats and --run-repeats must be >= 1")
     os.environ.setdefault("WANDB_MODE", "offline")
     folder = Path("runs") / "_bench"
     cases = {
@@ -101,15 +141,25 @@ def main() -> None:
                                                       "module.depth=1", "data.batch_size=512",
                                                       "callbacks.samples.every_n_steps=0"],
     }
-    print(f"{'case':<44} {'plain ms':>9} {'suite ms':>9} {'ratio':>6} {'overhead us':>12}")
+    print(f"{args.repeats} interleaved plain/suite repeats of {args.steps} timed steps each; load average {load()}")
+    print(f"{'case':<44} {'plain ms':>9} {'suite ms':>9} {'ratio':>6} {'ratio min-max':>14} {'ratio IQR':>12} "
+          f"{'overhead us':>12}")
     for name, argv in cases.items():
-        plain = plain_step_time(argv, args.steps, args.warmup)
-        suite = lightning_step_time(argv, args.steps, args.warmup, folder / name.split()[0])
-        print(f"{name:<44} {plain * 1e3:>9.3f} {suite * 1e3:>9.3f} {suite / plain:>6.2f} "
-              f"{(suite - plain) * 1e6:>12.0f}")
-    print(f"python run.py --list: {wall([sys.executable, 'run.py', '--list']):.2f} s")
+        plain, suite = [], []
+        for _ in range(args.repeats):
+            plain.append(plain_step_time(argv, args.steps, args.warmup))
+            suite.append(lightning_step_time(argv, args.steps, args.warmup, folder / name.split()[0]))
+        ratios = [s / p for s, p in zip(suite, plain)]
+        q1, q3 = quartiles(ratios)
+        p_med, s_med = statistics.median(plain), statistics.median(suite)
+        overhead = statistics.median([s - p for s, p in zip(suite, plain)])
+        print(f"{name:<44} {p_med * 1e3:>9.3f} {s_med * 1e3:>9.3f} {statistics.median(ratios):>6.2f} "
+              f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>14} {f'{q1:.2f}-{q3:.2f}':>12} {overhead * 1e6:>12.0f}")
+    report_runs("python run.py --list", [sys.executable, "run.py", "--list"], args.run_repeats)
     if not args.skip_default_run:
-        print(f"python run.py (default experiment, end to end): {wall([sys.executable, 'run.py']):.1f} s")
+        out = ROOT / folder / "default_run"
+        report_runs("python run.py (default experiment, end to end, W&B offline)",
+                    [sys.executable, "run.py", f"output_dir={out}"], args.run_repeats, fresh=out)
 
 
 if __name__ == "__main__":

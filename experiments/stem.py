@@ -42,6 +42,7 @@ def run_job(
         patch_size=patch_size,
         seed=seed,
         layout=layout,
+        progress=lambda message: print(f"[hest_synthetic_data] {message}", flush=True),
     )
     return {f"data/{k}": v for k, v in summary.items()}
 

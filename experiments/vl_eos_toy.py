@@ -79,6 +79,8 @@ def run_job(output_dir: Path, seed: int, lr: float = 0.25, lr_deep: float = 0.5,
     metrics: dict[str, float] = {"toy/edge": 2.0 / lr, "toy/edge_deep3": 2.0 / lr_deep}
     curves = {}
     for model_name, init, step_size in (("uv", list(init_uv), lr), ("deep3", list(init_deep), lr_deep)):
+        print(f"[vl_eos_toy] {model_name}: GD and {len(sigma_sqs) * len(mc_samples)} VGD settings, {steps} steps each",
+              flush=True)
         runs = {"gd": trajectory(init, target, step_size, steps)}
         metrics[f"toy/{model_name}_initial_sharpness"] = runs["gd"]["sharpness"][0]
         for s2 in sigma_sqs:

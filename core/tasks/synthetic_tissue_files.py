@@ -105,10 +105,12 @@ def write_synthetic_dataset(
     patch_size: int = 32,
     seed: int = 0,
     layout: str = "hest",
+    progress=None,
 ) -> dict[str, float]:
     """Write ``n_slides`` slides ``SYN000``... of one :class:`TissueModel` in the HEST layout (plus a
     ``metadata.csv`` with one row per slide) or the plain Visium layout; returns a summary with the
-    spot count and the exact Bayes errors over all spots."""
+    spot count and the exact Bayes errors over all spots. ``progress(message)``, if given, is called
+    after each slide."""
     from pathlib import Path
 
     import pandas as pd
@@ -128,6 +130,8 @@ def write_synthetic_dataset(
         else:
             write_visium_slide(root, slide_id, model, slide, patch_size)
         compositions.append(slide.composition)
+        if progress is not None:
+            progress(f"slide {i + 1}/{n_slides} ({slide_id}, {len(slide.centres)} spots) written")
         rows.append(
             {
                 "id": slide_id,

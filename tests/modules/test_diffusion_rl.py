@@ -163,7 +163,7 @@ def test_fid_early_stop_rule_on_a_synthetic_series():
 def test_watch_callback_stops_training_when_fid_drifts():
     cb = RLWatchCallback(every_n_steps=1, fid_factor=1.5)
     series = iter([12.0, 14.0, 19.0])
-    module = SimpleNamespace(rl_step=0, logged={}, log=lambda k, v, **_: module.logged.__setitem__(k, v))
+    module = SimpleNamespace(rl_step=0)
 
     def fake_watch(trainer, pl_module):
         fid = next(series)
@@ -173,13 +173,18 @@ def test_watch_callback_stops_training_when_fid_drifts():
         return row
 
     cb.watch = fake_watch
-    trainer = SimpleNamespace(should_stop=False, max_steps=-1, global_step=0)
+    logged = []  # what the trainer's loggers receive: (step, metrics)
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    trainer = SimpleNamespace(should_stop=False, max_steps=-1, global_step=0, callback_metrics={}, loggers=[logger],
+                              callbacks=[], is_global_zero=True)
     cb.watch(trainer, module)  # step 0: the base model
     for step in (1, 2):
-        module.rl_step = step
+        module.rl_step = trainer.global_step = step
         cb.on_train_batch_end(trainer, module, None, None, step)
         assert trainer.should_stop == (step == 2)  # 14 < 1.5 x 12 = 18 < 19
-    assert cb.stopped_step == 2 and module.logged["watch/fid_ratio"] == pytest.approx(19 / 12)
+    assert cb.stopped_step == 2 and float(trainer.callback_metrics["watch/fid_ratio"]) == pytest.approx(19 / 12)
+    # each watch logged once, at its own step
+    assert [(s, m["watch/fid_ratio"]) for s, m in logged] == [(1, pytest.approx(14 / 12)), (2, pytest.approx(19 / 12))]
 
 
 def test_nfe_to_target():

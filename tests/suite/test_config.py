@@ -190,7 +190,7 @@ def test_a_callback_added_on_the_command_line():
     arguments are checked against the constructor; without a ``_target_`` the key stays unknown."""
     target = "callbacks.sharpness._target_=callbacks.sharpness.SharpnessCallback"
     cfg = cfg_of("experiment=diffusion_2d", target, "callbacks.sharpness.every_n_steps=2")
-    assert (cfg.callbacks.sharpness.every_n_steps, cfg.callbacks.samples.n) == (2, 2000)
+    assert (cfg.callbacks.sharpness.every_n_steps, cfg.callbacks.samples.n) == (2, 1000)
     check_all(cfg)
     with pytest.raises(ConfigError, match="callbacks.sharpness.every_n_step: unknown key"):
         cfg_of("experiment=diffusion_2d", target, "callbacks.sharpness.every_n_step=2")
